@@ -1,0 +1,57 @@
+-- GET /clientes/{cliente}/extrato: the balance, the limit and the ten most
+-- recent transactions, newest first, read from one snapshot so the balance and
+-- the list always agree. Returns the HTTP status and JSON body.
+create function api.extrato(
+    cliente integer,
+    out status integer,
+    out resposta text
+)
+language plpgsql
+stable
+security definer
+set search_path = ''
+as $$
+begin
+    select
+        200,
+        json_build_object(
+            'saldo', json_build_object(
+                'total', c.saldo,
+                'data_extrato', to_char(now() at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+                'limite', c.limite
+            ),
+            'ultimas_transacoes', coalesce(
+                (
+                    select
+                        json_agg(
+                            json_build_object(
+                                'valor', t.valor,
+                                'tipo', t.tipo::text,
+                                'descricao', t.descricao,
+                                'realizada_em', to_char(
+                                    t.realizada_em at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'
+                                )
+                            )
+                            order by t.id desc
+                        )
+                    from (
+                        select t.id, t.valor, t.tipo, t.descricao, t.realizada_em
+                        from crebito.transacao as t
+                        where t.cliente_id = c.id
+                        order by t.id desc
+                        limit 10
+                    ) as t
+                ),
+                '[]'
+            )
+        )::text
+    into status, resposta
+    from crebito.cliente as c
+    where c.id = cliente;
+
+    if not found then
+        status := 404;
+        resposta := crebito.erro('cliente não encontrado');
+    end if;
+end;
+$$;

@@ -1,0 +1,118 @@
+-- POST /clientes/{cliente}/transacoes: validates the raw body, applies the
+-- credit or debit under the client's row lock and appends it to the ledger, in
+-- the caller's single transaction. Returns the HTTP status and JSON body.
+-- `chave` is the optional Idempotency-Key: a repeated key answers what its first
+-- request answered and changes nothing.
+create function api.transacao(
+    cliente integer,
+    corpo text,
+    chave text default null,
+    out status integer,
+    out resposta text
+)
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+    pedido jsonb := crebito.json_ou_nulo(corpo);
+    numero numeric;
+    pedido_valor bigint;
+    pedido_tipo text := pedido ->> 'tipo';
+    pedido_descricao text;
+    saldo_novo bigint;
+    limite_cliente bigint;
+    anterior record;
+    transacao_id bigint;
+    problema text;
+begin
+    if jsonb_typeof(pedido -> 'valor') = 'number' then
+        numero := (pedido ->> 'valor')::numeric;
+    end if;
+    if jsonb_typeof(pedido -> 'descricao') = 'string' then
+        pedido_descricao := pedido ->> 'descricao';
+    end if;
+
+    if jsonb_typeof(pedido) is distinct from 'object' then
+        problema := 'o corpo deve ser um objeto JSON';
+    elsif numero is null or numero < 1 or numero > 9223372036854775807 or numero <> trunc(numero) then
+        problema := 'valor deve ser um inteiro positivo de até 64 bits';
+    elsif pedido_tipo is null or pedido_tipo not in ('c', 'd') or jsonb_typeof(pedido -> 'tipo') <> 'string' then
+        problema := 'tipo deve ser "c" ou "d"';
+    elsif pedido_descricao is null or char_length(pedido_descricao) not between 1 and 10 then
+        problema := 'descricao deve ter de 1 a 10 caracteres';
+    elsif chave !~ '^[!-~]{1,64}$' then
+        problema := 'Idempotency-Key deve ter de 1 a 64 caracteres ASCII visíveis';
+    end if;
+
+    if problema is not null then
+        if exists (select from crebito.cliente as c where c.id = cliente) then
+            status := 422;
+            resposta := crebito.erro(problema);
+        else
+            status := 404;
+            resposta := crebito.erro('cliente não encontrado');
+        end if;
+        return;
+    end if;
+    pedido_valor := numero;
+
+    if chave is not null then
+        -- Taking the row lock first serialises requests that share a key.
+        perform from crebito.cliente as c where c.id = cliente for update;
+        if not found then
+            status := 404;
+            resposta := crebito.erro('cliente não encontrado');
+            return;
+        end if;
+        select i.pedido, i.status, i.resposta into anterior
+        from crebito.idempotencia as i
+        where i.cliente_id = cliente and i.chave = api.transacao.chave;
+        if found then
+            if anterior.pedido = pedido then
+                status := anterior.status;
+                resposta := anterior.resposta;
+            else
+                status := 422;
+                resposta := crebito.erro('Idempotency-Key já usada com outro pedido');
+            end if;
+            return;
+        end if;
+    end if;
+
+    -- The WHERE clauses keep the arithmetic inside bigint and the balance
+    -- inside the limit; a concurrent writer waits for the row lock and then
+    -- re-checks them against the balance it left.
+    if pedido_tipo = 'c' then
+        update crebito.cliente as c set saldo = c.saldo + pedido_valor
+        where c.id = cliente and c.saldo <= 9223372036854775807 - pedido_valor
+        returning c.saldo, c.limite into saldo_novo, limite_cliente;
+        problema := 'o saldo passaria do máximo representável';
+    else
+        update crebito.cliente as c set saldo = c.saldo - pedido_valor
+        where c.id = cliente and c.saldo >= pedido_valor - c.limite
+        returning c.saldo, c.limite into saldo_novo, limite_cliente;
+        problema := 'limite insuficiente';
+    end if;
+
+    if found then
+        insert into crebito.transacao (cliente_id, valor, tipo, descricao)
+        values (cliente, pedido_valor, pedido_tipo::"char", pedido_descricao)
+        returning id into transacao_id;
+        status := 200;
+        resposta := '{"limite":' || limite_cliente || ',"saldo":' || saldo_novo || '}';
+    elsif exists (select from crebito.cliente as c where c.id = cliente) then
+        status := 422;
+        resposta := crebito.erro(problema);
+    else
+        status := 404;
+        resposta := crebito.erro('cliente não encontrado');
+        return;
+    end if;
+
+    if chave is not null then
+        insert into crebito.idempotencia (cliente_id, chave, pedido, status, resposta, transacao_id)
+        values (cliente, chave, pedido, status, resposta, transacao_id);
+    end if;
+end;
+$$;

@@ -1,0 +1,263 @@
+"""crebito's HTTP shim: routes a request to one PostgreSQL function call.
+
+The database validates, applies and formats everything; this process only
+matches the route, hands the client id and the raw body to `api.transacao` or
+`api.extrato`, and writes back the status and JSON the function returned. It
+talks to PostgreSQL through libpq directly (psycopg's `pq` layer), so the hot
+path builds no Python objects beyond the bytes it forwards.
+
+Configuration (environment):
+    DATABASE_URL      libpq connection string or URI; empty means libpq's PG* variables
+    CREBITO_LISTEN    "unix:/path/to/socket" or "host:port" (default 0.0.0.0:8080)
+    CREBITO_WORKERS   pre-forked worker processes, each with its own connection (default 4)
+"""
+
+import ctypes
+import json
+import logging
+import os
+import signal
+import sys
+import time
+
+import bjoern
+import psycopg
+from psycopg import pq
+
+log = logging.getLogger("crebito")
+
+MAX_BODY = 4096
+MAX_CLIENTE_ID = 2**31 - 1
+TEXT_OID = 25
+INT4_OID = 23
+
+JSON = ("Content-Type", "application/json")
+STATUS_LINE = {
+    b"200": "200 OK",
+    b"404": "404 Not Found",
+    b"422": "422 Unprocessable Entity",
+}
+
+
+def _erro(status, mensagem, *headers):
+    body = json.dumps({"erro": mensagem}, ensure_ascii=False).encode()
+    return status, [JSON, ("Content-Length", str(len(body))), *headers], body
+
+
+NAO_ENCONTRADO = _erro("404 Not Found", "recurso não encontrado")
+SO_POST = _erro("405 Method Not Allowed", "use POST", ("Allow", "POST"))
+SO_GET = _erro("405 Method Not Allowed", "use GET", ("Allow", "GET"))
+GRANDE_DEMAIS = _erro("413 Content Too Large", f"corpo maior que {MAX_BODY} bytes")
+CORPO_INVALIDO = _erro("422 Unprocessable Entity", "o corpo deve ser JSON em UTF-8")
+INDISPONIVEL = _erro("503 Service Unavailable", "banco de dados indisponível, tente de novo")
+FALHA_INTERNA = _erro("500 Internal Server Error", "erro interno")
+
+# Statements prepared once per connection; parameters travel as raw bytes.
+# The body goes in binary format, so PostgreSQL itself rejects invalid UTF-8
+# and NUL bytes (SQLSTATE class 22) instead of libpq truncating at a NUL.
+STATEMENTS = {
+    b"transacao": (
+        b"select status, resposta from api.transacao($1, $2, $3)",
+        [INT4_OID, TEXT_OID, TEXT_OID],
+        [0, 1, 0],
+    ),
+    b"extrato": (b"select status, resposta from api.extrato($1)", [INT4_OID], [0]),
+}
+
+
+class Banco:
+    """One persistent libpq connection, reopened when it breaks."""
+
+    def __init__(self, conninfo):
+        self.conninfo = conninfo
+        self.pgconn = None
+
+    def _conectar(self):
+        pgconn = pq.PGconn.connect(self.conninfo)
+        if pgconn.status != pq.ConnStatus.OK:
+            raise psycopg.OperationalError(pgconn.get_error_message().decode(errors="replace"))
+        for nome, (sql, tipos, _) in STATEMENTS.items():
+            res = pgconn.prepare(nome, sql, tipos)
+            if res.status != pq.ExecStatus.COMMAND_OK:
+                raise psycopg.OperationalError(res.get_error_message().decode(errors="replace"))
+        self.pgconn = pgconn
+
+    def conectar(self):
+        try:
+            self._conectar()
+        except psycopg.Error as e:
+            log.error("sem conexão com o banco, tentando no próximo pedido: %s", e)
+
+    def chamar(self, nome, params, repetivel):
+        """Runs a prepared statement; returns (status, headers, body).
+
+        A statement whose outcome is unknown (the connection broke after it
+        was sent) is answered 503; a read-only one is retried once first.
+        """
+        for _ in range(2 if repetivel else 1):
+            try:
+                if self.pgconn is None or self.pgconn.status != pq.ConnStatus.OK:
+                    self._conectar()
+                res = self.pgconn.exec_prepared(nome, params, STATEMENTS[nome][2])
+            except psycopg.Error as e:
+                log.error("falha ao chamar %s: %s", nome.decode(), e)
+                self._descartar()
+                continue
+            if res.status == pq.ExecStatus.TUPLES_OK:
+                body = res.get_value(0, 1)
+                return (
+                    STATUS_LINE[res.get_value(0, 0)],
+                    [JSON, ("Content-Length", str(len(body)))],
+                    body,
+                )
+            sqlstate = res.error_field(pq.DiagnosticField.SQLSTATE) or b""
+            if sqlstate.startswith(b"22"):
+                # The body was not valid UTF-8 text.
+                return CORPO_INVALIDO
+            log.error("%s falhou: %s", nome.decode(), res.get_error_message().decode(errors="replace").strip())
+            if self.pgconn.status != pq.ConnStatus.OK:
+                self._descartar()
+                continue
+            break
+        return INDISPONIVEL
+
+    def _descartar(self):
+        if self.pgconn is not None:
+            self.pgconn.finish()
+        self.pgconn = None
+
+
+banco = Banco(os.environ.get("DATABASE_URL", "").encode())
+
+
+def _cliente_id(texto):
+    """The id's bytes when it is a canonical decimal int4 above zero, else None."""
+    if 0 < len(texto) <= 10 and texto.isascii() and texto.isdigit() and texto[0] != "0":
+        if int(texto) <= MAX_CLIENTE_ID:
+            return texto.encode()
+    return None
+
+
+def responder(environ):
+    partes = environ["PATH_INFO"].split("/")
+    if len(partes) != 4 or partes[0] or partes[1] != "clientes":
+        return NAO_ENCONTRADO
+    recurso = partes[3]
+    metodo = environ["REQUEST_METHOD"]
+    if recurso == "transacoes":
+        if metodo != "POST":
+            return SO_POST
+    elif recurso == "extrato":
+        if metodo != "GET":
+            return SO_GET
+    else:
+        return NAO_ENCONTRADO
+    cliente = _cliente_id(partes[2])
+    if cliente is None:
+        return NAO_ENCONTRADO
+    if recurso == "extrato":
+        return banco.chamar(b"extrato", [cliente], repetivel=True)
+
+    try:
+        tamanho = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        tamanho = 0
+    if tamanho > MAX_BODY:
+        return GRANDE_DEMAIS
+    corpo = environ["wsgi.input"].read(MAX_BODY + 1)
+    if len(corpo) > MAX_BODY:
+        return GRANDE_DEMAIS
+    chave = environ.get("HTTP_IDEMPOTENCY_KEY")
+    if chave is not None:
+        chave = chave.encode()
+        if b"\0" in chave:
+            return CORPO_INVALIDO
+    return banco.chamar(b"transacao", [cliente, corpo, chave], repetivel=False)
+
+
+def app(environ, start_response):
+    try:
+        status, headers, body = responder(environ)
+    except Exception:
+        log.exception("erro inesperado")
+        status, headers, body = FALHA_INTERNA
+    start_response(status, headers)
+    return [body]
+
+
+def _morrer_com_o_pai():
+    """Ask Linux to SIGTERM this worker when its parent dies, so a killed
+    instance never leaves orphans holding the socket and connections."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _listen(endereco):
+    if endereco.startswith("unix:"):
+        caminho = endereco[len("unix:") :]
+        if os.path.exists(caminho):
+            os.unlink(caminho)
+        bjoern.listen(app, endereco)
+    else:
+        host, _, port = endereco.rpartition(":")
+        bjoern.listen(app, host or "0.0.0.0", int(port))
+
+
+def _iniciar_worker():
+    pid = os.fork()
+    if pid:
+        return pid
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    _morrer_com_o_pai()
+    banco.conectar()
+    try:
+        bjoern.run()
+    finally:
+        os._exit(0)
+
+
+def main():
+    logging.basicConfig(level=logging.INFO, format="api[%(process)d] %(levelname)s %(message)s", stream=sys.stderr)
+    endereco = os.environ.get("CREBITO_LISTEN", "0.0.0.0:8080")
+    n = int(os.environ.get("CREBITO_WORKERS", "4"))
+    _listen(endereco)
+
+    parando = False
+    workers = {}  # pid -> start time
+
+    def parar(signum, frame):
+        nonlocal parando
+        parando = True
+        for pid in list(workers):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, parar)
+    signal.signal(signal.SIGINT, parar)
+    for _ in range(n):
+        workers[_iniciar_worker()] = time.monotonic()
+    log.info("%d workers em %s", n, endereco)
+    # Supervise: a worker that dies is replaced at once.
+    while workers:
+        try:
+            pid, estado = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        inicio = workers.pop(pid, None)
+        if not parando and inicio is not None:
+            log.warning("worker %d terminou (%d); iniciando outro", pid, estado)
+            if time.monotonic() - inicio < 1:
+                time.sleep(1)  # a worker that dies at once must not spin
+            workers[_iniciar_worker()] = time.monotonic()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what crebito needs: the Debian packages (when missing and running as
+# root; otherwise it names them) and the Python environment in .venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+faltam=()
+command -v haproxy >/dev/null || faltam+=(haproxy)
+[ -e /usr/include/ev.h ] || faltam+=(libev-dev)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || faltam+=(postgresql)
+command -v psql >/dev/null || faltam+=(postgresql-client)
+command -v pgbench >/dev/null || faltam+=(postgresql-contrib)
+python3 -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(sysconfig.get_paths()["include"] + "/Python.h"))' \
+    || faltam+=(python3-dev)
+python3 -c 'import venv, ensurepip' 2>/dev/null || faltam+=(python3-venv)
+
+if [ ${#faltam[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ]; then
+        echo "crebito: installing ${faltam[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${faltam[@]}" gcc >/dev/null
+    else
+        echo "crebito: missing Debian packages: ${faltam[*]}" >&2
+        echo "crebito: install them with: sudo apt-get install ${faltam[*]}" >&2
+        exit 1
+    fi
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install -q --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
+touch .venv/.installed

@@ -1,0 +1,237 @@
+"""Starts and supervises crebito's native stack in the foreground.
+
+PostgreSQL (a private cluster under the data directory), two API instances
+(server.py) and HAProxy on :9999. Whatever dies is started again; Ctrl-C or
+SIGTERM stops everything cleanly. `--reset` wipes the data first, so the
+database holds only the five initial clients again.
+
+Environment:
+    CREBITO_VAR       data directory (default: var/ in the project)
+    CREBITO_PORT      HTTP port of HAProxy (default 9999)
+    CREBITO_WORKERS   workers per API instance (default 4)
+    CREBITO_PG_BIN    directory of PostgreSQL's binaries (default: found)
+    CREBITO_PG_CONF   extra postgresql.conf settings file, included last
+"""
+
+import glob
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+RAIZ = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PG_PORTA = "5432"  # only names the unix socket; the cluster listens on no TCP port
+
+
+def log(msg):
+    print(f"crebito: {msg}", file=sys.stderr, flush=True)
+
+
+def pg_bin():
+    escolhido = os.environ.get("CREBITO_PG_BIN")
+    if escolhido:
+        return escolhido
+    versoes = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]))
+    if versoes:
+        return versoes[-1]
+    postgres = shutil.which("postgres")
+    if postgres:
+        return os.path.dirname(os.path.realpath(postgres))
+    sys.exit("crebito: PostgreSQL not found; install it (apt-get install postgresql) or set CREBITO_PG_BIN")
+
+
+class Stack:
+    def __init__(self, var):
+        self.var = os.path.abspath(var)
+        self.pgdata = os.path.join(self.var, "pgdata")
+        self.pgrun = os.path.join(self.var, "pgrun")
+        self.sock = os.path.join(self.var, "sock")
+        self.bin = pg_bin()
+        self.porta = os.environ.get("CREBITO_PORT", "9999")
+        self.workers = os.environ.get("CREBITO_WORKERS", "4")
+        # PostgreSQL refuses to run as root: it runs as `postgres` then.
+        self.usuario = "postgres" if os.geteuid() == 0 else None
+        self.processos = {}  # nome -> (Popen, started_at)
+        self.parando = False
+
+    # -- PostgreSQL -------------------------------------------------------
+
+    def _como_postgres(self):
+        if self.usuario is None:
+            return {}
+        return {"user": self.usuario, "group": pwd.getpwnam(self.usuario).pw_gid, "extra_groups": []}
+
+    def _dono(self, caminho):
+        os.makedirs(caminho, exist_ok=True)
+        if self.usuario is not None:
+            info = pwd.getpwnam(self.usuario)
+            os.chown(caminho, info.pw_uid, info.pw_gid)
+
+    def preparar_cluster(self):
+        self._dono(self.var)
+        self._dono(self.pgrun)
+        os.makedirs(self.sock, exist_ok=True)
+        if os.path.exists(os.path.join(self.pgdata, "PG_VERSION")):
+            return False
+        log(f"creating the PostgreSQL cluster in {self.pgdata}")
+        subprocess.run(
+            [
+                f"{self.bin}/initdb",
+                "-D",
+                self.pgdata,
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-instructions",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            cwd="/",
+            **self._como_postgres(),
+        )
+        with open(os.path.join(self.pgdata, "postgresql.conf"), "a") as conf:
+            conf.write(f"\ninclude '{RAIZ}/stack/postgresql.conf'\n")
+            conf.write(f"unix_socket_directories = '{self.pgrun}'\n")
+            extra = os.environ.get("CREBITO_PG_CONF")
+            if extra:
+                conf.write(f"include '{os.path.abspath(extra)}'\n")
+        return True
+
+    def psql(self, *args, banco="crebito"):
+        cmd = [f"{self.bin}/psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", self.pgrun, "-p", PG_PORTA]
+        subprocess.run([*cmd, "-U", "postgres", "-d", banco, *args], check=True, cwd=RAIZ)
+
+    def carregar_schema(self):
+        log("loading db/schema.sql")
+        self.psql("-c", "create database crebito", banco="postgres")
+        self.psql("-f", "db/schema.sql")
+
+    def esperar_postgres(self, limite=30):
+        fim = time.monotonic() + limite
+        while time.monotonic() < fim:
+            pronto = subprocess.run(
+                [f"{self.bin}/pg_isready", "-q", "-h", self.pgrun, "-p", PG_PORTA, "-U", "postgres", "-d", "postgres"],
+                stdout=subprocess.DEVNULL,
+            )
+            if pronto.returncode == 0:
+                return
+            if self.processos["postgres"][0].poll() is not None:
+                break
+            time.sleep(0.05)
+        raise RuntimeError("PostgreSQL did not start")
+
+    # -- processes ----------------------------------------------------------
+
+    def _comando(self, nome):
+        if nome == "postgres":
+            return [f"{self.bin}/postgres", "-D", self.pgdata], self._como_postgres(), None
+        if nome in ("api01", "api02"):
+            env = dict(
+                os.environ,
+                CREBITO_LISTEN=f"unix:{self.sock}/{nome}.sock",
+                CREBITO_WORKERS=self.workers,
+                DATABASE_URL=f"host={self.pgrun} port={PG_PORTA} dbname=crebito user=crebito_api "
+                "application_name=crebito connect_timeout=2",
+            )
+            return [sys.executable, os.path.join(RAIZ, "server.py")], {}, env
+        env = dict(
+            os.environ,
+            CREBITO_BIND=f"*:{self.porta}",
+            CREBITO_API01=f"{self.sock}/api01.sock",
+            CREBITO_API02=f"{self.sock}/api02.sock",
+            CREBITO_WORKERS=self.workers,
+        )
+        return ["haproxy", "-db", "-f", os.path.join(RAIZ, "haproxy.cfg")], {}, env
+
+    def iniciar(self, nome):
+        cmd, extra, env = self._comando(nome)
+        # Own session: Ctrl-C reaches only the launcher, which stops the rest in order.
+        proc = subprocess.Popen(cmd, env=env, start_new_session=True, cwd="/", **extra)
+        self.processos[nome] = (proc, time.monotonic())
+        with open(os.path.join(self.var, f"{nome}.pid"), "w") as f:
+            f.write(f"{proc.pid}\n")
+
+    def supervisionar(self):
+        while not self.parando:
+            time.sleep(0.1)
+            for nome, (proc, inicio) in list(self.processos.items()):
+                if self.parando or proc.poll() is None:
+                    continue
+                log(f"{nome} exited with {proc.returncode}; restarting")
+                if time.monotonic() - inicio < 1:
+                    time.sleep(0.5)  # a process that dies at once must not spin
+                self.iniciar(nome)
+
+    def parar(self):
+        self.parando = True
+        log("stopping")
+        # Front to back: no new requests, then the workers, then the database.
+        for nome, sinal in (
+            ("haproxy", signal.SIGTERM),
+            ("api01", signal.SIGTERM),
+            ("api02", signal.SIGTERM),
+            ("postgres", signal.SIGINT),
+        ):
+            if nome not in self.processos:
+                continue
+            proc = self.processos[nome][0]
+            if proc.poll() is None:
+                proc.send_signal(sinal)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def esperar_api(self, limite=30):
+        url = f"http://127.0.0.1:{self.porta}/clientes/1/extrato"
+        fim = time.monotonic() + limite
+        while time.monotonic() < fim:
+            try:
+                with urllib.request.urlopen(url, timeout=1) as resp:
+                    if resp.status == 200:
+                        return True
+            except OSError:
+                time.sleep(0.05)
+        return False
+
+    def rodar(self):
+        t0 = time.monotonic()
+        novo = self.preparar_cluster()
+        self.iniciar("postgres")
+        self.esperar_postgres()
+        if novo:
+            self.carregar_schema()
+        for nome in ("api01", "api02", "haproxy"):
+            self.iniciar(nome)
+        if self.esperar_api():
+            log(f"ready on http://127.0.0.1:{self.porta} in {time.monotonic() - t0:.2f}s (Ctrl-C stops)")
+        else:
+            log("the API did not answer within 30s; still trying")
+        self.supervisionar()
+
+
+def main():
+    var = os.environ.get("CREBITO_VAR", os.path.join(RAIZ, "var"))
+    if "--reset" in sys.argv[1:]:
+        log(f"reset: removing {var}/pgdata")
+        shutil.rmtree(os.path.join(var, "pgdata"), ignore_errors=True)
+    stack = Stack(var)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        stack.rodar()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stack.parar()
+
+
+if __name__ == "__main__":
+    main()
