@@ -6,7 +6,9 @@ SIGTERM stops everything cleanly. `--reset` wipes the data first, so the
 database holds only the five initial clients again.
 
 Environment:
-    CREBITO_VAR       data directory (default: var/ in the project)
+    CREBITO_VAR       data directory (default: var/ in the project, or
+                      /var/lib/crebito-<path> when root and the project
+                      directory is not reachable by the postgres user)
     CREBITO_PORT      HTTP port of HAProxy (default 9999)
     CREBITO_WORKERS   workers per API instance (default 4)
     CREBITO_PG_BIN    directory of PostgreSQL's binaries (default: found)
@@ -97,12 +99,26 @@ class Stack:
             **self._como_postgres(),
         )
         with open(os.path.join(self.pgdata, "postgresql.conf"), "a") as conf:
-            conf.write(f"\ninclude '{RAIZ}/stack/postgresql.conf'\n")
-            conf.write(f"unix_socket_directories = '{self.pgrun}'\n")
-            extra = os.environ.get("CREBITO_PG_CONF")
-            if extra:
-                conf.write(f"include '{os.path.abspath(extra)}'\n")
+            conf.write("\ninclude 'crebito.conf'\n")
         return True
+
+    def configurar(self):
+        """Copies the project's settings into the cluster on every start, so an
+        edit of stack/postgresql.conf applies on restart and the server never
+        needs to read the project directory."""
+        with open(os.path.join(RAIZ, "stack", "postgresql.conf")) as f:
+            texto = f.read()
+        texto += f"unix_socket_directories = '{self.pgrun}'\n"
+        extra = os.environ.get("CREBITO_PG_CONF")
+        if extra:
+            with open(extra) as f:
+                texto += f.read()
+        destino = os.path.join(self.pgdata, "crebito.conf")
+        with open(destino, "w") as f:
+            f.write(texto)
+        if self.usuario is not None:
+            info = pwd.getpwnam(self.usuario)
+            os.chown(destino, info.pw_uid, info.pw_gid)
 
     def psql(self, *args, banco="crebito"):
         cmd = [f"{self.bin}/psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", self.pgrun, "-p", PG_PORTA]
@@ -205,6 +221,7 @@ class Stack:
     def rodar(self):
         t0 = time.monotonic()
         novo = self.preparar_cluster()
+        self.configurar()
         self.iniciar("postgres")
         self.esperar_postgres()
         if novo:
@@ -218,8 +235,21 @@ class Stack:
         self.supervisionar()
 
 
+def var_padrao():
+    """var/ in the project, unless PostgreSQL (running as `postgres` because
+    we are root) could not reach it there, e.g. in a clone under /root."""
+    var = os.path.join(RAIZ, "var")
+    if os.geteuid() == 0:
+        caminho = RAIZ
+        while caminho != "/":
+            if not os.stat(caminho).st_mode & 0o001:
+                return "/var/lib/crebito" + RAIZ.replace("/", "-")
+            caminho = os.path.dirname(caminho)
+    return var
+
+
 def main():
-    var = os.environ.get("CREBITO_VAR", os.path.join(RAIZ, "var"))
+    var = os.environ.get("CREBITO_VAR") or var_padrao()
     if "--reset" in sys.argv[1:]:
         log(f"reset: removing {var}/pgdata")
         shutil.rmtree(os.path.join(var, "pgdata"), ignore_errors=True)
