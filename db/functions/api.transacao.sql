@@ -67,7 +67,7 @@ begin
         end if;
         select i.pedido, i.status, i.resposta into anterior
         from crebito.idempotencia as i
-        where i.cliente_id = cliente and i.chave = api.transacao.chave;
+        where i.cliente_id = cliente and i.chave = transacao.chave;
         if found then
             if anterior.pedido = pedido then
                 status := anterior.status;
