@@ -1,13 +1,17 @@
 # crebito: `make run` serves the API on :9999; `make test` runs every test.
 PY := .venv/bin/python
 
-.PHONY: run reset test lint
+.PHONY: run reset test lint auditoria
 run: .venv/.installed
 	$(PY) stack/launcher.py
 
 # Starts with the database back at the five initial clients.
 reset: .venv/.installed
 	$(PY) stack/launcher.py --reset
+
+# Checks the running stack's books; exits non-zero when api.auditoria() reports a violation.
+auditoria: .venv/.installed
+	$(PY) stack/launcher.py --auditoria
 
 test: .venv/.installed
 	$(PY) -m pytest

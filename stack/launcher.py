@@ -3,7 +3,9 @@
 PostgreSQL (a private cluster under the data directory), two API instances
 (server.py) and HAProxy on :9999. Whatever dies is started again; Ctrl-C or
 SIGTERM stops everything cleanly. `--reset` wipes the data first, so the
-database holds only the five initial clients again.
+database holds only the five initial clients again. `--auditoria` starts
+nothing: it checks the running stack's books with api.auditoria() and exits
+non-zero when they show a violation.
 
 Environment:
     CREBITO_VAR       data directory (default: var/ in the project, or
@@ -248,8 +250,29 @@ def var_padrao():
     return var
 
 
+def auditar(var):
+    """`make auditoria`: prints each violation api.auditoria() finds in the
+    running cluster's books, one per line; exits 1 if there is any, 2 if the
+    database could not be asked."""
+    stack = Stack(var)
+    consulta = "select cliente, violacao from api.auditoria() order by cliente, violacao"
+    r = subprocess.run(
+        [f"{stack.bin}/psql", "-X", "-q", "-A", "-t", "-F", " | ", "-v", "ON_ERROR_STOP=1", "-h", stack.pgrun]
+        + ["-p", PG_PORTA, "-U", "postgres", "-d", "crebito", "-c", consulta],
+        capture_output=True,
+        text=True,
+    )
+    if r.returncode != 0:
+        log(f"the audit could not run: {r.stderr.strip()}")
+        sys.exit(2)
+    sys.stdout.write(r.stdout)
+    sys.exit(1 if r.stdout.strip() else 0)
+
+
 def main():
     var = os.environ.get("CREBITO_VAR") or var_padrao()
+    if "--auditoria" in sys.argv[1:]:
+        auditar(var)
     if "--reset" in sys.argv[1:]:
         log(f"reset: removing {var}/pgdata")
         shutil.rmtree(os.path.join(var, "pgdata"), ignore_errors=True)
