@@ -1,0 +1,158 @@
+"""api.auditoria() checks the books: one row per violation, none when sound.
+
+Each kind of violation is produced by corrupting the data as superuser inside
+a transaction that is rolled back (dropping the constraint that would prevent
+it first, which PostgreSQL allows transactionally), so the shared database is
+never left corrupt."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import RAIZ
+
+
+def auditar(db):
+    return set(db.execute("select cliente, violacao from api.auditoria()").fetchall())
+
+
+@pytest.fixture
+def corromper(db):
+    """The superuser connection inside a transaction that is always rolled back."""
+    with db.transaction(force_rollback=True):
+        yield db
+    assert auditar(db) == set()
+
+
+def inserir(db, cliente, valor, tipo, descricao="x", realizada_em="now()"):
+    return db.execute(
+        "insert into crebito.transacao (cliente_id, valor, tipo, descricao, realizada_em)"
+        f" values (%s, %s, %s, %s, {realizada_em}) returning id",
+        [cliente, valor, tipo, descricao],
+    ).fetchone()[0]
+
+
+def test_dados_limpos_nao_reportam_nada(http, db):
+    assert auditar(db) == set()
+    # Real traffic, keyed and not, accepted and refused, keeps the books sound.
+    for i in range(20):
+        http.transacao(1 + i % 5, 1000 + i, "c" if i % 3 else "d", f"limpo{i}", headers={"Idempotency-Key": f"a{i}"})
+        http.transacao(2, 30000, "d", "semchave")
+    assert db.execute("select count(*) from crebito.transacao").fetchone()[0] > 20
+    assert db.execute("select count(*) from crebito.idempotencia where status = 422").fetchone()[0] == 0
+    assert db.execute("select count(*) from crebito.transacao where cliente_id = 2 and tipo = 'd'").fetchone()[0] > 0
+    assert auditar(db) == set()
+
+
+def test_saldo_diferente_do_livro(corromper):
+    inserir(corromper, 1, 500, "c")
+    corromper.execute("update crebito.cliente set saldo = 499 where id = 1")
+    assert auditar(corromper) == {(1, "saldo 499 difere da soma do livro 500")}
+
+
+def test_saldo_sem_livro(corromper):
+    corromper.execute("update crebito.cliente set saldo = 7 where id = 3")
+    assert auditar(corromper) == {(3, "saldo 7 difere da soma do livro 0")}
+
+
+def test_saldo_abaixo_do_limite(corromper):
+    corromper.execute("alter table crebito.cliente drop constraint saldo_dentro_do_limite")
+    # The ledger agrees with the balance, so only the overdraft is reported.
+    inserir(corromper, 1, 100001, "d")
+    corromper.execute("update crebito.cliente set saldo = -100001 where id = 1")
+    assert auditar(corromper) == {(1, "saldo -100001 abaixo de -limite 100000")}
+
+
+def test_transacao_de_valor_nao_positivo(corromper):
+    corromper.execute("alter table crebito.transacao drop constraint transacao_valor_check")
+    t = inserir(corromper, 2, 0, "c")
+    assert auditar(corromper) == {(2, f"transacao {t} malformada")}
+
+
+def test_transacao_de_tipo_invalido(corromper):
+    corromper.execute("alter table crebito.transacao drop constraint transacao_tipo_check")
+    t = inserir(corromper, 2, 5, "x")
+    # An unknown tipo counts as a debit in the sum, so the balance disagrees too.
+    assert auditar(corromper) == {(2, f"transacao {t} malformada"), (2, "saldo 0 difere da soma do livro -5")}
+
+
+@pytest.mark.parametrize("descricao", ["", "onze chars!"])
+def test_transacao_de_descricao_invalida(corromper, descricao):
+    corromper.execute("alter table crebito.transacao drop constraint transacao_descricao_check")
+    t = inserir(corromper, 4, 5, "c", descricao)
+    corromper.execute("update crebito.cliente set saldo = 5 where id = 4")
+    assert auditar(corromper) == {(4, f"transacao {t} malformada")}
+
+
+def test_transacao_no_futuro(corromper):
+    t = inserir(corromper, 5, 5, "c", realizada_em="now() + interval '1 day'")
+    corromper.execute("update crebito.cliente set saldo = 5 where id = 5")
+    assert auditar(corromper) == {(5, f"transacao {t} malformada")}
+
+
+def test_transacao_fora_de_ordem(corromper):
+    inserir(corromper, 3, 10, "c", realizada_em="now() - interval '1 minute'")
+    t = inserir(corromper, 3, 10, "d", realizada_em="now() - interval '2 minutes'")
+    assert auditar(corromper) == {(3, f"transacao {t} fora de ordem no tempo")}
+
+
+def test_chave_apontando_para_transacao_inexistente(corromper):
+    corromper.execute("alter table crebito.idempotencia drop constraint idempotencia_transacao_id_fkey")
+    corromper.execute(
+        "insert into crebito.idempotencia (cliente_id, chave, pedido, status, resposta, transacao_id)"
+        " values (1, 'orfa', '{}', 200, '{}', 999999)"
+    )
+    assert auditar(corromper) == {(1, "chave orfa aponta para transacao inexistente")}
+
+
+def test_chave_aceita_sem_transacao(corromper):
+    corromper.execute(
+        "insert into crebito.idempotencia (cliente_id, chave, pedido, status, resposta, transacao_id)"
+        " values (2, 'sem-id', '{}', 200, '{}', null)"
+    )
+    assert auditar(corromper) == {(2, "chave sem-id aponta para transacao inexistente")}
+
+
+def test_chave_recusada_sem_transacao_e_normal(corromper):
+    # A 422 (insufficient limit) is stored without a ledger row: that is sound.
+    corromper.execute(
+        "insert into crebito.idempotencia (cliente_id, chave, pedido, status, resposta, transacao_id)"
+        " values (2, 'recusada', '{}', 422, '{}', null)"
+    )
+    assert auditar(corromper) == set()
+
+
+def test_varias_violacoes_de_uma_vez(corromper):
+    corromper.execute("update crebito.cliente set saldo = 1 where id in (1, 2)")
+    assert auditar(corromper) == {(1, "saldo 1 difere da soma do livro 0"), (2, "saldo 1 difere da soma do livro 0")}
+
+
+def make_auditoria(stack):
+    env = dict(os.environ, CREBITO_VAR=stack.var)
+    return subprocess.run(
+        [sys.executable, os.path.join(RAIZ, "stack", "launcher.py"), "--auditoria"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_comando_auditoria_sai_zero_com_livros_sao(stack, db):
+    r = make_auditoria(stack)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout == ""
+
+
+def test_comando_auditoria_sai_nao_zero_com_violacao(stack, db):
+    # The command runs in its own session, so the corruption must be committed;
+    # the db fixture of the next test resets the data.
+    db.execute("update crebito.cliente set saldo = 42 where id = 2")
+    try:
+        r = make_auditoria(stack)
+    finally:
+        db.execute("update crebito.cliente set saldo = 0 where id = 2")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "saldo 42 difere da soma do livro 0" in r.stdout
+    assert auditar(db) == set()
