@@ -75,11 +75,11 @@ class Banco:
     def _conectar(self):
         pgconn = pq.PGconn.connect(self.conninfo)
         if pgconn.status != pq.ConnStatus.OK:
-            raise psycopg.OperationalError(pgconn.get_error_message().decode(errors="replace"))
+            raise psycopg.OperationalError(pgconn.get_error_message())
         for nome, (sql, tipos, _) in STATEMENTS.items():
             res = pgconn.prepare(nome, sql, tipos)
             if res.status != pq.ExecStatus.COMMAND_OK:
-                raise psycopg.OperationalError(res.get_error_message().decode(errors="replace"))
+                raise psycopg.OperationalError(res.get_error_message())
         self.pgconn = pgconn
 
     def conectar(self):
@@ -114,7 +114,7 @@ class Banco:
             if sqlstate.startswith(b"22"):
                 # The body was not valid UTF-8 text.
                 return CORPO_INVALIDO
-            log.error("%s falhou: %s", nome.decode(), res.get_error_message().decode(errors="replace").strip())
+            log.error("%s falhou: %s", nome.decode(), res.get_error_message().strip())
             if self.pgconn.status != pq.ConnStatus.OK:
                 self._descartar()
                 continue
