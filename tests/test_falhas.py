@@ -1,0 +1,344 @@
+"""Crash and restart under load, in the spirit of Jepsen's "bank" workload.
+
+While client threads keep sending credits and debits through HAProxy, each
+with an Idempotency-Key and retrying an unanswered request with the same key,
+the test kill -9s in turn an API worker, a whole API instance, HAProxy and the
+PostgreSQL postmaster. Afterwards the books must show that every acknowledged
+transaction is there, none was applied twice, the balances match the ledger
+and none went below its limit; during the faults no client may see a 500 or
+wait past its timeout, and the stack must come back by itself.
+
+This module starts its own stack, so that killing its parts cannot disturb
+the tests that share the session's stack."""
+
+import http.client
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+
+import psycopg
+import pytest
+from conftest import LIMITES, RAIZ, Stack, porta_livre
+
+WORKERS = 2
+CLIENTES = 6
+# Longer than anything the stack may legitimately take to answer: HAProxy's
+# queue (5s) plus its server timeout (6s) plus a failed connect and a retry.
+TIMEOUT_CLIENTE = 15
+# A request retried for this long without an answer is a failure of recovery.
+DESISTE_APOS = 60
+RODADAS = 2
+# The statuses that mean "not answered, the outcome is unknown: retry".
+SEM_RESPOSTA = {None, 502, 503, 504}
+
+
+@pytest.fixture(scope="module")
+def pilha():
+    var = tempfile.mkdtemp(prefix="crebito-falhas-")
+    os.chmod(var, 0o755)
+    env = dict(os.environ, CREBITO_VAR=var, CREBITO_PORT=str(porta_livre()), CREBITO_WORKERS=str(WORKERS))
+    log = open(os.path.join(var, "stack.log"), "w")
+    launcher = subprocess.Popen(
+        [sys.executable, os.path.join(RAIZ, "stack", "launcher.py")], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    s = Stack(var=var, porta=int(env["CREBITO_PORT"]), workers=WORKERS, launcher=launcher)
+    try:
+        s.esperar_pronto()
+        yield s
+    finally:
+        launcher.send_signal(signal.SIGTERM)
+        try:
+            launcher.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            launcher.kill()
+        log.close()
+        # CREBITO_MANTER=1 keeps the data directory and stack.log for a post-mortem.
+        if not os.environ.get("CREBITO_MANTER"):
+            subprocess.run(["rm", "-rf", var], check=False)
+
+
+def filhos(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def vivo(pid):
+    """Running, as opposed to gone or a zombie nobody reaped yet."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def esperar(condicao, limite, passo=0.02):
+    fim = time.monotonic() + limite
+    while time.monotonic() < fim:
+        valor = condicao()
+        if valor:
+            return valor
+        time.sleep(passo)
+    return condicao()
+
+
+class ClienteDoBanco(threading.Thread):
+    """One bank customer's app: sends transactions one after another, each on
+    a new connection, and retries an unanswered one with the same key until it
+    gets 200 or 422."""
+
+    def __init__(self, numero, pilha, parar):
+        super().__init__(name=f"cliente-{numero}", daemon=True)
+        self.numero = numero
+        self.pilha = pilha
+        self.parar = parar
+        self.rng = random.Random(numero)
+        self.status = Counter()  # every answer seen, None for a connection error
+        self.timeouts = 0
+        self.aceitas = {}  # (cliente, chave) -> body of the 200
+        self.recusadas = set()  # (cliente, chave) answered 422
+        self.inesperadas = []  # (status, body) outside 200/422 and the retryable ones
+        self.abandonadas = []  # keys that never got an answer
+        self.respostas_200 = []  # monotonic time of each 200
+        self.pedidos = 0
+
+    def enviar(self, cliente, corpo, chave):
+        self.pedidos += 1
+        conn = http.client.HTTPConnection("127.0.0.1", self.pilha.porta, timeout=TIMEOUT_CLIENTE)
+        try:
+            conn.request(
+                "POST",
+                f"/clientes/{cliente}/transacoes",
+                body=corpo,
+                headers={"Content-Type": "application/json", "Idempotency-Key": chave},
+            )
+            r = conn.getresponse()
+            return r.status, r.read()
+        except TimeoutError:
+            self.timeouts += 1
+            return None, b""
+        except (OSError, http.client.HTTPException):
+            return None, b""
+        finally:
+            conn.close()
+
+    def run(self):
+        n = 0
+        while not self.parar.is_set():
+            n += 1
+            chave = f"c{self.numero}-{n}"
+            cliente = self.rng.randint(1, 5)
+            corpo = json.dumps(
+                {"valor": self.rng.randint(1, 10000), "tipo": self.rng.choice("cd"), "descricao": f"f{n}"[:10]}
+            )
+            inicio = time.monotonic()
+            while True:
+                status, resposta = self.enviar(cliente, corpo, chave)
+                self.status[status] += 1
+                if status == 200:
+                    self.aceitas[(cliente, chave)] = resposta.decode()
+                    self.respostas_200.append(time.monotonic())
+                    break
+                if status == 422:
+                    self.recusadas.add((cliente, chave))
+                    break
+                if status not in SEM_RESPOSTA:
+                    self.inesperadas.append((status, resposta))
+                    break
+                if time.monotonic() - inicio > DESISTE_APOS:
+                    self.abandonadas.append((cliente, chave))
+                    break
+                time.sleep(0.05)
+            time.sleep(0.005)
+
+
+def primeiro_200(pilha, desde, limite=30):
+    """Seconds from `desde` to the first 200 of a statement through HAProxy."""
+    fim = time.monotonic() + limite
+    while time.monotonic() < fim:
+        try:
+            if pilha.pedir("GET", "/clientes/1/extrato", timeout=2).status == 200:
+                return time.monotonic() - desde
+        except OSError:
+            pass
+        time.sleep(0.02)
+    return None
+
+
+def matar_worker(pilha):
+    master = pilha.pid("api01")
+    antes = filhos(master)
+    assert len(antes) == WORKERS, antes
+    alvo = random.choice(antes)
+    os.kill(alvo, signal.SIGKILL)
+    t0 = time.monotonic()
+
+    def substituido():
+        atuais = filhos(master)
+        return len(atuais) == WORKERS and alvo not in atuais
+
+    return t0, substituido
+
+
+def matar_instancia(pilha):
+    master = pilha.pid("api02")
+    workers = filhos(master)
+    assert len(workers) == WORKERS, workers
+    os.kill(master, signal.SIGKILL)
+    t0 = time.monotonic()
+    # PR_SET_PDEATHSIG: the workers must not outlive their master.
+    assert esperar(lambda: not any(vivo(w) for w in workers), 5), [w for w in workers if vivo(w)]
+
+    def reiniciada():
+        try:
+            novo = pilha.pid("api02")
+        except (FileNotFoundError, ValueError):
+            return False
+        return novo != master and vivo(novo) and len(filhos(novo)) == WORKERS
+
+    return t0, reiniciada
+
+
+def matar_haproxy(pilha):
+    pid = pilha.pid("haproxy")
+    os.kill(pid, signal.SIGKILL)
+    t0 = time.monotonic()
+
+    def reiniciado():
+        try:
+            novo = pilha.pid("haproxy")
+        except (FileNotFoundError, ValueError):
+            return False
+        return novo != pid and vivo(novo)
+
+    return t0, reiniciado
+
+
+def matar_postgres(pilha):
+    pid = pilha.pid("postgres")
+    os.kill(pid, signal.SIGKILL)
+    t0 = time.monotonic()
+
+    def aceita_conexoes():
+        try:
+            with psycopg.connect(pilha.dsn(), connect_timeout=2) as conn:
+                conn.execute("select 1")
+            return pilha.pid("postgres") != pid
+        except (psycopg.Error, FileNotFoundError, ValueError):
+            return False
+
+    return t0, aceita_conexoes
+
+
+FALHAS = [
+    ("worker de api01", matar_worker),
+    ("instância api02", matar_instancia),
+    ("haproxy", matar_haproxy),
+    ("postmaster", matar_postgres),
+]
+
+
+def test_nada_perdido_nada_duplicado(pilha, capsys):
+    parar = threading.Event()
+    clientes = [ClienteDoBanco(i, pilha, parar) for i in range(CLIENTES)]
+    for c in clientes:
+        c.start()
+    medidas = []
+    try:
+        time.sleep(2)
+        for rodada in range(RODADAS):
+            for nome, matar in FALHAS:
+                t0, voltou = matar(pilha)
+                ate_200 = primeiro_200(pilha, t0)
+                assert voltou_a_tempo(voltou), f"{nome} não voltou sozinho"
+                ate_volta = time.monotonic() - t0
+                assert ate_200 is not None, f"nenhum 200 em 30s depois de matar {nome}"
+                medidas.append((rodada, nome, ate_200, ate_volta))
+                # Steady traffic between faults, so each one hits a working stack.
+                time.sleep(2)
+    finally:
+        parar.set()
+        for c in clientes:
+            c.join(timeout=DESISTE_APOS + TIMEOUT_CLIENTE + 10)
+    assert not any(c.is_alive() for c in clientes)
+
+    status = sum((c.status for c in clientes), Counter())
+    aceitas = {k: v for c in clientes for k, v in c.aceitas.items()}
+    recusadas = set().union(*(c.recusadas for c in clientes))
+
+    with psycopg.connect(pilha.dsn(), autocommit=True) as db:
+        livro = {
+            (cliente, chave): (st, resposta, tid, existe)
+            for cliente, chave, st, resposta, tid, existe in db.execute(
+                "select i.cliente_id, i.chave, i.status, i.resposta, i.transacao_id,"
+                " exists (select from crebito.transacao as t"
+                " where t.id = i.transacao_id and t.cliente_id = i.cliente_id)"
+                " from crebito.idempotencia as i"
+            )
+        }
+        linhas_do_livro = db.execute("select count(*) from crebito.transacao").fetchone()[0]
+        duplicadas = db.execute(
+            "select count(*) from (select transacao_id from crebito.idempotencia"
+            " where transacao_id is not null group by transacao_id having count(*) > 1) as d"
+        ).fetchone()[0]
+        violacoes = db.execute("select cliente, violacao from api.auditoria()").fetchall()
+        saldos = dict(db.execute("select id, saldo from crebito.cliente").fetchall())
+
+    no_livro = [k for k, body in aceitas.items() if k in livro and livro[k][:2] == (200, body) and livro[k][3]]
+    with capsys.disabled():
+        print("\n-- crash e reinício sob carga --")
+        for rodada, nome, ate_200, ate_volta in medidas:
+            print(f"rodada {rodada + 1}: kill -9 {nome}: primeiro 200 em {ate_200:.2f}s, de volta em {ate_volta:.2f}s")
+        print(f"falhas injetadas: {len(medidas)}")
+        print(f"pedidos enviados: {sum(c.pedidos for c in clientes)}; respostas: {dict(status)}")
+        print(f"timeouts do cliente: {sum(c.timeouts for c in clientes)}")
+        print(f"200 recebidos (chaves): {len(aceitas)}; 200 achados no livro: {len(no_livro)}")
+        print(f"422 recebidos (chaves): {len(recusadas)}; linhas no livro: {linhas_do_livro}; duplicadas: {duplicadas}")
+
+    assert len(medidas) == RODADAS * len(FALHAS)
+    # Never a 500 or any other unexpected answer; never a hang past the client's timeout.
+    assert [x for c in clientes for x in c.inesperadas] == [], erros_no_log(pilha)
+    assert sum(c.timeouts for c in clientes) == 0
+    assert [x for c in clientes for x in c.abandonadas] == []
+    assert status[500] == 0
+    # The faults were felt: some requests went unanswered and were retried.
+    assert sum(status[s] for s in SEM_RESPOSTA) > 0
+    assert len(aceitas) > 100
+    # Every acknowledged transaction is in the ledger, with the answer the client saw.
+    assert len(no_livro) == len(aceitas)
+    # Each key that got 200 was applied exactly once, and nothing else was applied.
+    assert duplicadas == 0
+    assert linhas_do_livro == len(aceitas)
+    assert sum(1 for st, _, tid, _ in livro.values() if st == 200) == len(aceitas)
+    # A refused debit left no ledger row.
+    for k in recusadas:
+        assert livro[k][0] == 422 and livro[k][2] is None, k
+    # Balances equal the ledger's sums and none went below its limit.
+    assert violacoes == []
+    for cliente, saldo in saldos.items():
+        assert saldo >= -LIMITES[cliente]
+    for (cliente, _), body in aceitas.items():
+        assert json.loads(body)["saldo"] >= -LIMITES[cliente]
+    # The API shows the same balances as the database.
+    for cliente, saldo in saldos.items():
+        assert pilha.extrato(cliente).json["saldo"]["total"] == saldo
+
+
+def erros_no_log(pilha):
+    """The server's own account of unexpected answers, for the failure message."""
+    with open(os.path.join(pilha.var, "stack.log"), errors="replace") as f:
+        linhas = f.readlines()
+    return "".join(linha for linha in linhas if "erro inesperado" in linha or "Error" in linha)[-4000:]
+
+
+def voltou_a_tempo(condicao):
+    return esperar(condicao, 30, passo=0.05)
