@@ -1,0 +1,548 @@
+"""The official load test of the contract (SPEC.md), replayed step by step.
+
+Like the Gatling simulation "RinhaBackendCrebitosSimulation": the validation
+phases with their checks, then the three open-model scenarios (debits,
+credits, statements) ramping for `--rampa` seconds and holding for `--platô`
+seconds. Every virtual user opens its own TCP connection; users arrive on
+schedule whether or not earlier ones have finished. Ends with a table of
+latency percentiles per group, the official score, a JSON file of all figures
+and a self-contained HTML report.
+
+    .venv/bin/python bench/carga.py --url http://127.0.0.1:9999 [--escala 1] [--rampa 120] [--platô 120]
+
+Validation expects a database at its initial state (`make reset`): the first
+phase checks that 25 debits of 1 leave client 1 at saldo -25.
+"""
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import random
+import string
+import time
+import urllib.parse
+
+import relatorio
+
+USER_AGENT = "Agente do Caos - 2024/Q1"
+LIMITES = {1: 100000, 2: 80000, 3: 1000000, 4: 10000000, 5: 500000}
+GRUPOS = ("debitos", "creditos", "extratos", "validacoes")
+TIMEOUT_PEDIDO = 60  # Gatling's default request timeout
+LIMIAR_MS = 250  # the official score counts answers under 250 ms
+MULTA_INCONSISTENCIA = 803.01
+ALFANUMERICOS = string.ascii_letters + string.digits
+
+
+class Falha(Exception):
+    """A failed check: the request counts as KO with this reason."""
+
+
+class Resposta:
+    __slots__ = ("status", "corpo")
+
+    def __init__(self, status, corpo):
+        self.status = status
+        self.corpo = corpo
+
+    def json(self):
+        try:
+            return json.loads(self.corpo)
+        except ValueError as e:
+            raise Falha("corpo não é JSON") from e
+
+
+def descricao_aleatoria():
+    return "".join(random.choices(ALFANUMERICOS, k=10))
+
+
+class Registro:
+    """Every request's outcome, kept in flat lists (about 61,500 of them)."""
+
+    def __init__(self):
+        self.inicio_ns = time.perf_counter_ns()
+        self.grupo = []
+        self.t = []  # start, seconds since the test began
+        self.lat_ns = []
+        self.ms_inteiros = []  # Gatling's figure: difference of whole-millisecond timestamps
+        self.ok = []
+        self.status = []
+        self.motivos = {}  # KO reason -> count
+        self.inconsistencias = 0
+        self.status_ok_rapidos = 0  # expected status in under 250 ms
+        self.em_voo = 0
+
+    def anotar(self, grupo, inicio_ns, fim_ns, status, motivo, status_esperado):
+        self.grupo.append(grupo)
+        self.t.append((inicio_ns - self.inicio_ns) / 1e9)
+        self.lat_ns.append(fim_ns - inicio_ns)
+        self.ms_inteiros.append(fim_ns // 1_000_000 - inicio_ns // 1_000_000)
+        self.ok.append(motivo is None)
+        self.status.append(status)
+        if motivo is not None:
+            self.motivos[motivo] = self.motivos.get(motivo, 0) + 1
+        if status_esperado and fim_ns - inicio_ns < LIMIAR_MS * 1_000_000:
+            self.status_ok_rapidos += 1
+
+    def __len__(self):
+        return len(self.ok)
+
+    def kos(self):
+        return len(self.ok) - sum(self.ok)
+
+
+class Usuario:
+    """A virtual user: its own connection, kept alive between its requests
+    and closed when it finishes, as Gatling does."""
+
+    def __init__(self, carga):
+        self.carga = carga
+        self.leitor = None
+        self.escritor = None
+
+    async def _trocar(self, metodo, caminho, corpo):
+        if self.escritor is None:
+            self.leitor, self.escritor = await asyncio.open_connection(self.carga.host, self.carga.porta)
+        cabecalhos = self.carga.cabecalhos
+        if corpo is None:
+            pedido = f"{metodo} {caminho} HTTP/1.1\r\n{cabecalhos}\r\n".encode()
+        else:
+            pedido = (
+                f"{metodo} {caminho} HTTP/1.1\r\n{cabecalhos}content-type: application/json\r\n"
+                f"content-length: {len(corpo)}\r\n\r\n"
+            ).encode() + corpo
+        self.escritor.write(pedido)
+        cabeca = await self.leitor.readuntil(b"\r\n\r\n")
+        status = int(cabeca[9:12])
+        linhas = cabeca.lower()
+        tamanho = None
+        i = linhas.find(b"\r\ncontent-length:")
+        if i >= 0:
+            tamanho = int(linhas[i + 17 : linhas.index(b"\r\n", i + 2)])
+        if tamanho is None:
+            corpo_resposta = await self.leitor.read()
+            self.fechar()
+        else:
+            corpo_resposta = await self.leitor.readexactly(tamanho)
+            if b"\r\nconnection: close" in linhas:
+                self.fechar()
+        return Resposta(status, corpo_resposta)
+
+    async def pedir(self, grupo, metodo, caminho, corpo, esperados, verificar=None):
+        """One request: checks its status (in `esperados`) and then runs
+        `verificar(resposta)`, which raises Falha; returns the response or
+        None when the request failed."""
+        registro = self.carga.registro
+        registro.em_voo += 1
+        inicio = time.perf_counter_ns()
+        status = 0
+        resposta = None
+        motivo = None
+        try:
+            async with asyncio.timeout(TIMEOUT_PEDIDO):
+                resposta = await self._trocar(metodo, caminho, corpo)
+            status = resposta.status
+            if status not in esperados:
+                motivo = f"status {status}"
+        except TimeoutError:
+            motivo = "tempo esgotado (60 s)"
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as e:
+            motivo = f"conexão: {type(e).__name__}"
+        fim = time.perf_counter_ns()
+        registro.em_voo -= 1
+        if motivo is not None:
+            self.fechar()
+        elif verificar is not None:
+            try:
+                verificar(resposta)
+            except Falha as e:
+                motivo = str(e)
+            except (KeyError, TypeError, IndexError, AttributeError) as e:
+                motivo = f"campo ausente: {type(e).__name__} {e}"
+        registro.anotar(grupo, inicio, fim, status, motivo, status in esperados)
+        return resposta if motivo is None else None
+
+    def fechar(self):
+        if self.escritor is not None:
+            self.escritor.close()
+            self.escritor = None
+            self.leitor = None
+
+
+def checar_saldo(registro, saldo, limite):
+    """The official "balance check": a balance below minus the limit is an
+    inconsistency, fined on its own."""
+    if not isinstance(saldo, int) or not isinstance(limite, int):
+        raise Falha("saldo ou limite não inteiro")
+    if saldo < -limite:
+        registro.inconsistencias += 1
+        raise Falha("saldo inconsistente")
+
+
+def corpo_transacao(valor, tipo, descricao):
+    return json.dumps({"valor": valor, "tipo": tipo, "descricao": descricao}).encode()
+
+
+class Carga:
+    def __init__(self, args):
+        url = urllib.parse.urlsplit(args.url)
+        self.host = url.hostname or "127.0.0.1"
+        self.porta = url.port or 80
+        self.cabecalhos = f"Host: {url.netloc}\r\nUser-Agent: {USER_AGENT}\r\nAccept: */*\r\n"
+        self.args = args
+        self.registro = Registro()
+        self.tarefas = set()
+        self.validacao_ok = True
+
+    # -- the validation phases -----------------------------------------------
+
+    async def um_pedido(self, grupo, metodo, caminho, corpo, esperados, verificar=None):
+        usuario = Usuario(self)
+        try:
+            return await usuario.pedir(grupo, metodo, caminho, corpo, esperados, verificar)
+        finally:
+            usuario.fechar()
+
+    def verificador_total(self, esperado):
+        def verificar(r):
+            total = r.json()["saldo"]["total"]
+            if total != esperado:
+                raise Falha(f"saldo.total {total}, esperado {esperado}")
+
+        return verificar
+
+    def verificador_transacao(self):
+        def verificar(r):
+            dados = r.json()
+            checar_saldo(self.registro, dados["saldo"], dados["limite"])
+
+        return verificar
+
+    def verificador_extrato(self):
+        def verificar(r):
+            saldo = r.json()["saldo"]
+            checar_saldo(self.registro, saldo["total"], saldo["limite"])
+
+        return verificar
+
+    async def validar_concorrencia(self, tipo, total_esperado):
+        corpo = corpo_transacao(1, tipo, "validacao")
+        await asyncio.gather(
+            *(self.um_pedido("validacoes", "POST", "/clientes/1/transacoes", corpo, (200,)) for _ in range(25))
+        )
+        await self.um_pedido(
+            "validacoes", "GET", "/clientes/1/extrato", None, (200,), self.verificador_total(total_esperado)
+        )
+
+    async def validar_cliente(self, cliente):
+        """The per-client checks of the third phase, on one user's connection."""
+        u = Usuario(self)
+        limite = LIMITES[cliente]
+        extrato = f"/clientes/{cliente}/extrato"
+        transacoes = f"/clientes/{cliente}/transacoes"
+
+        def inicial(r):
+            saldo = r.json()["saldo"]
+            if saldo["limite"] != limite or saldo["total"] != 0:
+                raise Falha(f"extrato inicial {saldo}")
+
+        def itens(esperados):
+            def verificar(r):
+                lista = r.json()["ultimas_transacoes"]
+                for i, (descricao, tipo, valor) in enumerate(esperados):
+                    item = lista[i]
+                    if (item["descricao"], item["tipo"], item["valor"]) != (descricao, tipo, valor):
+                        raise Falha(f"ultimas_transacoes[{i}] = {item}")
+
+            return verificar
+
+        try:
+            await u.pedir("validacoes", "GET", extrato, None, (200,), inicial)
+            corpo = corpo_transacao(1, "c", "toma")
+            await u.pedir("validacoes", "POST", transacoes, corpo, (200,), self.verificador_transacao())
+            corpo = corpo_transacao(1, "d", "devolve")
+            await u.pedir("validacoes", "POST", transacoes, corpo, (200,), self.verificador_transacao())
+            await u.pedir("validacoes", "GET", extrato, None, (200,), itens([("devolve", "d", 1), ("toma", "c", 1)]))
+            corpo = corpo_transacao(1, "c", "danada")
+            danada = await u.pedir("validacoes", "POST", transacoes, corpo, (200,), self.verificador_transacao())
+            lembrado = danada.json() if danada is not None else {"saldo": None, "limite": None}
+
+            def consistente(r):
+                itens([("danada", "c", 1)])(r)
+                saldo = r.json()["saldo"]
+                if saldo["limite"] != lembrado["limite"] or saldo["total"] != lembrado["saldo"]:
+                    raise Falha(f"extrato {saldo} difere da última transação {lembrado}")
+
+            # Four statements at once, each on its own connection (Gatling's resources).
+            await asyncio.gather(
+                u.pedir("validacoes", "GET", extrato, None, (200,), consistente),
+                *(self.um_pedido("validacoes", "GET", extrato, None, (200,), consistente) for _ in range(3)),
+            )
+            invalidos = (
+                b'{"valor": 1.2, "tipo": "d", "descricao": "devolve"}',
+                b'{"valor": 1, "tipo": "x", "descricao": "devolve"}',
+                b'{"valor": 1, "tipo": "c", "descricao": "123456789 e mais um pouco"}',
+                b'{"valor": 1, "tipo": "c", "descricao": ""}',
+                b'{"valor": 1, "tipo": "c", "descricao": null}',
+            )
+            for corpo in invalidos:
+                await u.pedir("validacoes", "POST", transacoes, corpo, (422, 400))
+        finally:
+            u.fechar()
+
+    # -- the open-model scenarios ------------------------------------------------
+
+    async def debito(self):
+        cliente = random.randint(1, 5)
+        corpo = corpo_transacao(random.randint(1, 10000), "d", descricao_aleatoria())
+        verificar = self.verificador_transacao()
+        await self.um_pedido(
+            "debitos",
+            "POST",
+            f"/clientes/{cliente}/transacoes",
+            corpo,
+            (200, 422),
+            lambda r: r.status != 200 or verificar(r),
+        )
+
+    async def credito(self):
+        cliente = random.randint(1, 5)
+        corpo = corpo_transacao(random.randint(1, 10000), "c", descricao_aleatoria())
+        await self.um_pedido(
+            "creditos", "POST", f"/clientes/{cliente}/transacoes", corpo, (200,), self.verificador_transacao()
+        )
+
+    async def extrato(self):
+        cliente = random.randint(1, 5)
+        await self.um_pedido(
+            "extratos", "GET", f"/clientes/{cliente}/extrato", None, (200,), self.verificador_extrato()
+        )
+
+    def chegadas(self):
+        """Arrival times of every user of the three scenarios, merged in order."""
+        a = self.args
+        todas = []
+        for cenario, pico in ((self.debito, 220), (self.credito, 110), (self.extrato, 10)):
+            for t in tempos_de_chegada(a.escala, pico * a.escala, a.rampa, a.plato):
+                todas.append((t, cenario))
+        todas.sort(key=lambda par: par[0])
+        return todas
+
+    def lancar(self, coro):
+        tarefa = asyncio.get_running_loop().create_task(coro)
+        self.tarefas.add(tarefa)
+        tarefa.add_done_callback(self.tarefas.discard)
+
+    async def cenarios(self):
+        chegadas = self.chegadas()
+        loop = asyncio.get_running_loop()
+        inicio = loop.time()
+        for t, cenario in chegadas:
+            atraso = inicio + t - loop.time()
+            if atraso > 0:
+                await asyncio.sleep(atraso)
+            self.lancar(cenario())
+        while self.tarefas:
+            await asyncio.wait(list(self.tarefas))
+
+    async def progresso(self, intervalo):
+        r = self.registro
+        anterior, t_anterior = 0, time.monotonic()
+        while True:
+            await asyncio.sleep(intervalo)
+            agora = time.monotonic()
+            n = len(r)
+            print(
+                f"  {(time.perf_counter_ns() - r.inicio_ns) / 1e9:6.0f}s"
+                f"  {(n - anterior) / (agora - t_anterior):6.1f} req/s"
+                f"  em voo {r.em_voo:4d}  total {n:6d}  KO {r.kos()}",
+                flush=True,
+            )
+            anterior, t_anterior = n, agora
+
+    async def rodar(self):
+        progresso = asyncio.get_running_loop().create_task(self.progresso(self.args.intervalo))
+        try:
+            print("fase 1: 25 débitos concorrentes", flush=True)
+            await self.validar_concorrencia("d", -25)
+            print("fase 2: 25 créditos concorrentes", flush=True)
+            await self.validar_concorrencia("c", 0)
+            print(
+                f"fase 3: validações por cliente e carga (rampa {self.args.rampa}s, platô {self.args.plato}s,"
+                f" escala {self.args.escala})",
+                flush=True,
+            )
+
+            async def cliente_6_e_carga():
+                await self.um_pedido("validacoes", "GET", "/clientes/6/extrato", None, (404,))
+                await self.cenarios()
+
+            await asyncio.gather(*(self.validar_cliente(c) for c in LIMITES), cliente_6_e_carga())
+        finally:
+            progresso.cancel()
+
+
+def tempos_de_chegada(inicial, final, rampa, plato):
+    """Gatling's rampUsersPerSec(inicial).to(final).during(rampa) followed by
+    constantUsersPerSec(final).during(plato): the k-th user arrives when the
+    integral of the rate reaches k, at regular (not randomised) instants."""
+    tempos = []
+    if rampa > 0:
+        a = (final - inicial) / rampa
+        n = int((inicial + final) / 2 * rampa)
+        for k in range(n):
+            tempos.append(k / inicial if a == 0 else (-inicial + math.sqrt(inicial * inicial + 2 * a * k)) / a)
+    n = int(final * plato)
+    tempos.extend(rampa + k / final for k in range(n))
+    return tempos
+
+
+# -- figures ----------------------------------------------------------------------
+
+
+def percentil(ordenados, p):
+    """Nearest rank, as Gatling reports it."""
+    if not ordenados:
+        return 0
+    return ordenados[max(0, math.ceil(p / 100 * len(ordenados)) - 1)]
+
+
+PERCENTIS = (50, 75, 95, 99)
+
+
+def estatisticas(lat_ns, ms_inteiros):
+    if not lat_ns:
+        return None
+    inteiros = sorted(ms_inteiros)
+    finos = sorted(lat_ns)
+    return {
+        "n": len(lat_ns),
+        "ms": {
+            **{f"p{p}": percentil(inteiros, p) for p in PERCENTIS},
+            "max": inteiros[-1],
+            "min": inteiros[0],
+            "media": round(sum(inteiros) / len(inteiros), 2),
+        },
+        "ms_0_1": {
+            **{f"p{p}": round(percentil(finos, p) / 1e6, 1) for p in PERCENTIS},
+            "max": round(finos[-1] / 1e6, 1),
+            "min": round(finos[0] / 1e6, 1),
+            "media": round(sum(finos) / len(finos) / 1e6, 2),
+        },
+    }
+
+
+def resumir(registro, duracao, cpu_carga):
+    r = registro
+    grupos = {}
+    for g in (*GRUPOS, "all"):
+        idx = [i for i, x in enumerate(r.grupo) if g == "all" or x == g]
+        est = estatisticas([r.lat_ns[i] for i in idx], [r.ms_inteiros[i] for i in idx])
+        if est is not None:
+            est["ko"] = sum(1 for i in idx if not r.ok[i])
+            grupos[g] = est
+    total = len(r)
+    pct = 100.0 * r.status_ok_rapidos / total if total else 0.0
+    multa_lentidao = round((98 - pct) * 1000, 2) if pct < 98 else 0.0
+    multa_inconsistencia = round(r.inconsistencias * MULTA_INCONSISTENCIA, 2)
+    return {
+        "total": total,
+        "ko": r.kos(),
+        "motivos_ko": r.motivos,
+        "duracao_s": round(duracao, 2),
+        "grupos": grupos,
+        "pontuacao": {
+            "pct_ok_abaixo_250ms": round(pct, 4),
+            "multa_lentidao": multa_lentidao,
+            "inconsistencias": r.inconsistencias,
+            "multa_inconsistencias": multa_inconsistencia,
+            "usd": round(100000 - multa_lentidao - multa_inconsistencia, 2),
+        },
+        "cpu_da_carga": cpu_carga,
+    }
+
+
+def serie_temporal(registro):
+    """Per second of test time: requests started, KOs and latency percentiles (ms)."""
+    por_segundo = {}
+    for t, lat, ok in zip(registro.t, registro.lat_ns, registro.ok, strict=True):
+        por_segundo.setdefault(int(t), []).append((lat, ok))
+    serie = []
+    for s in range(max(por_segundo, default=-1) + 1):
+        amostras = por_segundo.get(s, [])
+        lat = sorted(x[0] for x in amostras)
+        serie.append(
+            {
+                "s": s,
+                "req": len(amostras),
+                "ko": sum(1 for x in amostras if not x[1]),
+                **{f"p{p}": round(percentil(lat, p) / 1e6, 2) for p in PERCENTIS},
+                "max": round(lat[-1] / 1e6, 2) if lat else 0,
+            }
+        )
+    return serie
+
+
+def tabela(resumo):
+    linhas = []
+    cab = f"{'grupo':<11}{'n':>7}{'KO':>6} |"
+    cab += "".join(f"{k:>6}" for k in ("p50", "p75", "p95", "p99", "max", "média")) + " | em 0,1 ms:"
+    cab += "".join(f"{k:>8}" for k in ("p50", "p75", "p95", "p99", "max", "média"))
+    linhas.append(cab)
+    for g, e in resumo["grupos"].items():
+        ms, fino = e["ms"], e["ms_0_1"]
+        linha = f"{g:<11}{e['n']:>7}{e['ko']:>6} |"
+        linha += "".join(f"{ms[k]:>6}" for k in ("p50", "p75", "p95", "p99", "max")) + f"{ms['media']:>6.1f}"
+        linha += " |           " + "".join(f"{fino[k]:>8.1f}" for k in ("p50", "p75", "p95", "p99", "max"))
+        linha += f"{fino['media']:>8.2f}"
+        linhas.append(linha)
+    p = resumo["pontuacao"]
+    linhas.append(
+        f"pontuação: {p['pct_ok_abaixo_250ms']:.3f}% OK em < 250 ms, multa lentidão USD {p['multa_lentidao']:.2f},"
+        f" {p['inconsistencias']} inconsistências (USD {p['multa_inconsistencias']:.2f}) => USD {p['usd']:.2f}"
+    )
+    return "\n".join(linhas)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--url", default="http://127.0.0.1:9999")
+    ap.add_argument("--escala", type=float, default=1.0, help="multiplies every arrival rate")
+    ap.add_argument("--rampa", type=float, default=120, help="ramp duration, seconds")
+    ap.add_argument("--platô", "--plato", dest="plato", type=float, default=120, help="plateau duration, seconds")
+    ap.add_argument("--saida", default=None, help="directory for carga.json and relatorio.html")
+    ap.add_argument("--intervalo", type=float, default=5, help="seconds between progress lines")
+    ap.add_argument("--semente", type=int, default=None, help="random seed, for a repeatable mix")
+    args = ap.parse_args(argv)
+    if args.semente is not None:
+        random.seed(args.semente)
+    saida = args.saida or os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "results", time.strftime("%Y%m%d-%H%M%S")
+    )
+    os.makedirs(saida, exist_ok=True)
+
+    carga = Carga(args)
+    cpu0, t0 = os.times(), time.monotonic()
+    asyncio.run(carga.rodar())
+    cpu1, duracao = os.times(), time.monotonic() - t0
+    cpu_s = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+    cpu_carga = {"cpu_s": round(cpu_s, 2), "pct_de_um_nucleo": round(100 * cpu_s / duracao, 1)}
+
+    resumo = resumir(carga.registro, duracao, cpu_carga)
+    resumo["parametros"] = {"url": args.url, "escala": args.escala, "rampa": args.rampa, "plato": args.plato}
+    resumo["serie"] = serie_temporal(carga.registro)
+    print(tabela(resumo))
+    if resumo["motivos_ko"]:
+        print("motivos de KO:", ", ".join(f"{k}: {v}" for k, v in sorted(resumo["motivos_ko"].items())))
+    print(f"CPU da própria carga: {cpu_s:.1f} s em {duracao:.0f} s ({cpu_carga['pct_de_um_nucleo']}% de um núcleo)")
+    with open(os.path.join(saida, "carga.json"), "w") as f:
+        json.dump(resumo, f, indent=1, ensure_ascii=False)
+    with open(os.path.join(saida, "relatorio.html"), "w") as f:
+        f.write(relatorio.gerar(resumo))
+    print(f"figuras em {saida}/carga.json, relatório em {saida}/relatorio.html")
+    return resumo
+
+
+if __name__ == "__main__":
+    main()
