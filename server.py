@@ -16,6 +16,7 @@ import ctypes
 import json
 import logging
 import os
+import select
 import signal
 import sys
 import time
@@ -96,6 +97,11 @@ class Banco:
         """
         for _ in range(2 if repetivel else 1):
             try:
+                if self.pgconn is not None and self._encerrada():
+                    # Replaced before anything is sent, so a POST is not
+                    # answered 503 only because its session died while idle.
+                    log.warning("sessão encerrada pelo banco enquanto ociosa; reconectando")
+                    self._descartar()
                 if self.pgconn is None or self.pgconn.status != pq.ConnStatus.OK:
                     self._conectar()
                 res = self.pgconn.exec_prepared(nome, params, STATEMENTS[nome][2])
@@ -120,6 +126,15 @@ class Banco:
                 continue
             break
         return INDISPONIVEL
+
+    def _encerrada(self):
+        """True when the server has ended this idle session (a restart, a
+        terminate, a crash of another backend): it then sent its last error or
+        closed the socket, which reads ready although no statement is in flight."""
+        try:
+            return bool(select.select([self.pgconn.socket], [], [], 0)[0])
+        except (OSError, ValueError, psycopg.Error):
+            return True
 
     def _descartar(self):
         if self.pgconn is not None:
