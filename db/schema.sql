@@ -2,9 +2,26 @@
 -- Run once on an empty database with `psql -v ON_ERROR_STOP=1 -f db/schema.sql`
 -- (the Docker image's init directory runs it the same way).
 
+-- Roles first. `crebito` owns every schema, table and function but is no
+-- superuser and cannot log in: the SECURITY DEFINER functions run with its
+-- rights, so a flaw in one can reach crebito's tables and nothing else.
+-- `crebito_api`, the API's login, may only EXECUTE the functions of `api`.
+do $$
+begin
+    if not exists (select from pg_catalog.pg_roles where rolname = 'crebito') then
+        create role crebito nologin;
+    end if;
+    if not exists (select from pg_catalog.pg_roles where rolname = 'crebito_api') then
+        create role crebito_api login;
+    end if;
+end
+$$;
+
 -- Tables live in `crebito`; the API role sees only the functions in `api`.
-create schema crebito;
-create schema api;
+create schema crebito authorization crebito;
+create schema api authorization crebito;
+-- Whatever is created from here on belongs to `crebito`.
+set role crebito;
 
 create table crebito.cliente (
     id integer primary key,
@@ -54,17 +71,11 @@ insert into crebito.cliente (id, limite) values
 \ir functions/api.auditoria.sql
 
 -- Least privilege, PostgREST style: the API role may only EXECUTE the
--- functions of `api`. They run as their owner (SECURITY DEFINER).
+-- functions of `api`. They run as their owner, `crebito` (SECURITY DEFINER).
 revoke all on schema crebito from public;
 revoke execute on all functions in schema api, crebito from public;
-do $$
-begin
-    if not exists (select from pg_catalog.pg_roles where rolname = 'crebito_api') then
-        create role crebito_api login;
-    end if;
-end
-$$;
 grant usage on schema api to crebito_api;
 grant execute on all functions in schema api to crebito_api;
+reset role;
 -- A stuck request must not hold a worker forever.
 alter role crebito_api set statement_timeout = '5s';
