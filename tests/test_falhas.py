@@ -239,11 +239,40 @@ def matar_postgres(pilha):
     return t0, aceita_conexoes
 
 
+def matar_postgres_com_backend_ocupado(pilha):
+    """The postmaster dies while a backend is busy computing: that backend
+    notices only when its statement ends, and until then it keeps the old
+    shared memory attached, so PostgreSQL refuses to start ("pre-existing
+    shared memory block is still in use") and the launcher must keep trying."""
+    conn = psycopg.connect(pilha.dsn(), autocommit=True)
+    conn.execute("set statement_timeout = '3s'")
+
+    def ocupar():
+        try:
+            conn.execute("select count(*) from generate_series(1, 1000000000)")
+        except psycopg.Error:
+            pass
+        finally:
+            conn.close()
+
+    threading.Thread(target=ocupar, daemon=True).start()
+    with psycopg.connect(pilha.dsn(), autocommit=True) as db:
+        assert esperar(
+            lambda: db.execute(
+                "select count(*) from pg_stat_activity where query like 'select count(*) from generate_series%%'"
+                " and state = 'active'"
+            ).fetchone()[0],
+            5,
+        )
+    return matar_postgres(pilha)
+
+
 FALHAS = [
     ("worker de api01", matar_worker),
     ("instância api02", matar_instancia),
     ("haproxy", matar_haproxy),
     ("postmaster", matar_postgres),
+    ("postmaster com backend ocupado", matar_postgres_com_backend_ocupado),
 ]
 
 
@@ -293,18 +322,23 @@ def test_nada_perdido_nada_duplicado(pilha, capsys):
         violacoes = db.execute("select cliente, violacao from api.auditoria()").fetchall()
         saldos = dict(db.execute("select id, saldo from crebito.cliente").fetchall())
 
+    with open(os.path.join(pilha.var, "stack.log"), errors="replace") as f:
+        log = f.read()
+    partidas_recusadas = log.count("is still in use")
     no_livro = [k for k, body in aceitas.items() if k in livro and livro[k][:2] == (200, body) and livro[k][3]]
     with capsys.disabled():
         print("\n-- crash e reinício sob carga --")
         for rodada, nome, ate_200, ate_volta in medidas:
             print(f"rodada {rodada + 1}: kill -9 {nome}: primeiro 200 em {ate_200:.2f}s, de volta em {ate_volta:.2f}s")
-        print(f"falhas injetadas: {len(medidas)}")
+        print(f"falhas injetadas: {len(medidas)}; partidas do PostgreSQL recusadas: {partidas_recusadas}")
         print(f"pedidos enviados: {sum(c.pedidos for c in clientes)}; respostas: {dict(status)}")
         print(f"timeouts do cliente: {sum(c.timeouts for c in clientes)}")
         print(f"200 recebidos (chaves): {len(aceitas)}; 200 achados no livro: {len(no_livro)}")
         print(f"422 recebidos (chaves): {len(recusadas)}; linhas no livro: {linhas_do_livro}; duplicadas: {duplicadas}")
 
     assert len(medidas) == RODADAS * len(FALHAS)
+    # The busy backend really outlived its postmaster, and the launcher kept trying.
+    assert partidas_recusadas >= RODADAS
     # Never a 500 or any other unexpected answer; never a hang past the client's timeout.
     assert [x for c in clientes for x in c.inesperadas] == [], erros_no_log(pilha)
     assert sum(c.timeouts for c in clientes) == 0
