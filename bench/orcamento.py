@@ -84,11 +84,11 @@ def main():
     if args.perfil and not pg_conf:
         pg_conf = PG_STAT_CONF
 
-    with pilha.PilhaNoOrcamento(args.memoria_total, args.compose, pg_conf, args.workers) as pn:
+    with pilha.PilhaNoOrcamento(args.memoria_total, args.compose, pg_conf, args.workers, saida) as pn:
         p = pn.pilha
         if args.perfil:
             subprocess.run(["psql", "-X", "-q", *p.pg(), "-c", "create extension if not exists pg_stat_statements"])
-        medidor = pilha.Medidor(p, pn.cgrupos)
+        medidor = pilha.Medidor(p, pn.cgrupos, a_cada_amostra=pn.confinar)
         perfil = {}
         if args.perfil:
             # Sample a worker of api01 in the middle of the run.
@@ -150,7 +150,7 @@ def main():
         f" max {a['ms']['max']} ms; violações na auditoria: {r['violacoes_auditoria']}"
     )
     if r["reiniciados"]:
-        print(f"ATENÇÃO: o launcher reiniciou {r['reiniciados']} (fora do cgroup a partir daí)")
+        print(f"ATENÇÃO: o launcher reiniciou {r['reiniciados']}; veja {saida}/pilha.log")
     if args.perfil:
         py = r["perfil"].get("py_spy", {})
         if "erro" in py:

@@ -206,7 +206,7 @@ class Pilha:
         """Arguments for psql/pgbench to reach the database."""
         return ["-h", os.path.join(self.var, "pgrun"), "-p", "5432", "-U", "postgres", "-d", "crebito"]
 
-    def parar(self):
+    def parar(self, guardar_log=None):
         if self.launcher is not None and self.launcher.poll() is None:
             self.launcher.send_signal(signal.SIGTERM)
             try:
@@ -216,6 +216,8 @@ class Pilha:
                 self.launcher.wait()
         if self.log is not None:
             self.log.close()
+            if guardar_log:
+                shutil.copyfile(self.log.name, guardar_log)
         shutil.rmtree(self.var, ignore_errors=True)
 
 
@@ -349,6 +351,10 @@ class Cgrupos:
                 r["periodos_estrangulados"] = int(stat.get("nr_throttled", 0))
                 r["estrangulado_s"] = int(stat.get("throttled_time", 0)) / 1e9
                 r["falhas_de_memoria"] = int(_ler(os.path.join(d["memory"], "memory.failcnt")))
+                oom = dict(
+                    linha.split() for linha in _ler(os.path.join(d["memory"], "memory.oom_control")).splitlines()
+                )
+                r["oom_kill"] = int(oom.get("oom_kill", 0))
             elif self.modo == "v2":
                 d = self._dirs(componente)["v2"]
                 stat = dict(linha.split() for linha in _ler(os.path.join(d, "cpu.stat")).splitlines())
@@ -397,7 +403,8 @@ class Medidor:
     peak of the per-component sum) and CPU per component from /proc, with
     the cgroup counters when they exist."""
 
-    def __init__(self, pilha, cgrupos, intervalo=1.0):
+    def __init__(self, pilha, cgrupos, intervalo=1.0, a_cada_amostra=None):
+        self.a_cada_amostra = a_cada_amostra
         self.pilha = pilha
         self.cgrupos = cgrupos
         self.intervalo = intervalo
@@ -419,6 +426,8 @@ class Medidor:
     def _amostrar(self):
         t0 = time.monotonic()
         while not self._parar.wait(self.intervalo):
+            if self.a_cada_amostra is not None:
+                self.a_cada_amostra()
             try:
                 pids = self.pilha.pids()
             except OSError:
@@ -482,7 +491,7 @@ class Medidor:
 def tabela_orcamento(r):
     linhas = [
         f"{'componente':<10}{'limite':>14}{'CPU s':>9}{'CPU s /proc':>12}{'pico MB':>9}{'PSS pico':>9}"
-        f"{'estrangul.':>11}{'falhas mem':>11}"
+        f"{'estrangul.':>11}{'falhas mem':>11}{'OOM kill':>9}"
     ]
     for nome, c in r["componentes"].items():
         limite = f"{c['limite_cpus']}/{c['limite_mb']}MB" if c["limite_cpus"] is not None else "-"
@@ -491,6 +500,7 @@ def tabela_orcamento(r):
         linhas.append(
             f"{nome:<10}{limite:>14}{cg:>9}{c['cpu_s_proc']:>12.2f}{pico:>9}{c['pss_pico_mb']:>9.1f}"
             f"{c.get('periodos_estrangulados', '-'):>11}{c.get('falhas_de_memoria', '-'):>11}"
+            f"{c.get('oom_kill', '-'):>9}"
         )
     linhas.append(
         f"pilha: {r['cpu_s_pilha']:.2f} CPU s em {r['duracao_s']} s ({r['cpus_medias_da_pilha']} CPUs em média),"
@@ -505,7 +515,8 @@ class PilhaNoOrcamento:
     """A fresh stack, each component moved into its cgroup; stopped and
     cleaned up on exit, whatever happens."""
 
-    def __init__(self, memoria_total=None, compose=None, pg_conf=None, workers=None):
+    def __init__(self, memoria_total=None, compose=None, pg_conf=None, workers=None, saida=None):
+        self.saida = saida
         limites, self.fonte_orcamento = orcamento(compose)
         if memoria_total:
             limites = escalar_memoria(limites, memoria_total)
@@ -542,12 +553,13 @@ class PilhaNoOrcamento:
             self.cgrupos.mover(nome, arvore(raiz, tabela))
 
     def reiniciados(self):
-        """Components the launcher restarted (a new one is outside its cgroup)."""
+        """Components the launcher restarted (put back in their group by the
+        sampler within a second, as a restarted container keeps its limits)."""
         return [n for n in COMPONENTES if self.pilha.pid(n) != self.pids_iniciais[n]]
 
     def __exit__(self, *exc):
         try:
-            self.pilha.parar()
+            self.pilha.parar(os.path.join(self.saida, "pilha.log") if self.saida else None)
         finally:
             self.cgrupos.remover()
 

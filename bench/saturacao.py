@@ -63,7 +63,7 @@ def main():
     os.makedirs(saida, exist_ok=True)
 
     niveis = []
-    with pilha.PilhaNoOrcamento(args.memoria_total, args.compose, None, args.workers) as pn:
+    with pilha.PilhaNoOrcamento(args.memoria_total, args.compose, None, args.workers, saida) as pn:
         p = pn.pilha
         print(
             f"{'conexões':>8}{'req/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}{'erros':>7}{'CPU ms/req':>11}"
@@ -71,7 +71,7 @@ def main():
             flush=True,
         )
         for c in (int(x) for x in args.conexoes.split(",")):
-            medidor = pilha.Medidor(p, pn.cgrupos)
+            medidor = pilha.Medidor(p, pn.cgrupos, a_cada_amostra=pn.confinar)
             medidor.iniciar()
             w = wrk(p.url, c, args.duracao, args.threads)
             medidor.parar()
@@ -111,7 +111,7 @@ def main():
     else:
         print(f"nenhum nível com p99 < {P99_MAXIMO_MS} ms e sem erros")
     if reiniciados:
-        print(f"ATENÇÃO: o launcher reiniciou {reiniciados} (fora do cgroup a partir daí)")
+        print(f"ATENÇÃO: o launcher reiniciou {reiniciados}; veja {saida}/pilha.log")
     print(f"cgroups: {modo or 'nenhum (sem limites)'}")
     pilha.salvar_json(
         os.path.join(saida, "saturacao.json"),

@@ -1,0 +1,146 @@
+"""Tests of the benchmark tools themselves: `.venv/bin/pytest bench`.
+
+The arrival schedule and the score must match the official simulation, the
+process-tree and cgroup helpers must find and confine real processes, and a
+short load run against a real fresh stack must check and report what the
+official test checks."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import carga
+import pilha
+import pytest
+
+
+def test_chegadas_da_simulacao_oficial():
+    debitos = carga.tempos_de_chegada(1, 220, 120, 120)
+    creditos = carga.tempos_de_chegada(1, 110, 120, 120)
+    extratos = carga.tempos_de_chegada(1, 10, 120, 120)
+    # (1 + pico) / 2 * 120 s of ramp, then pico * 120 s of plateau.
+    assert len(debitos) == 13260 + 26400
+    assert len(creditos) == 6660 + 13200
+    assert len(extratos) == 660 + 1200
+    # With the validation phases, "about 61,500 requests in all".
+    assert len(debitos) + len(creditos) + len(extratos) == 61380
+    assert debitos == sorted(debitos)
+    assert debitos[0] == 0 and debitos[-1] < 240
+    # The rate ramps: about 1/s at the start, about 220/s at the end of the ramp.
+    assert 0.5 < debitos[1] - debitos[0] < 1.0
+    assert sum(1 for t in debitos if 119 <= t < 120) in range(218, 221)
+    assert sum(1 for t in debitos if 200 <= t < 201) == 220
+
+
+def test_escala_multiplica_as_taxas():
+    assert len(carga.tempos_de_chegada(2, 440, 10, 10)) == 2 * len(carga.tempos_de_chegada(1, 220, 10, 10))
+
+
+def test_percentil_por_posicao_mais_proxima():
+    valores = list(range(1, 101))
+    assert carga.percentil(valores, 50) == 50
+    assert carga.percentil(valores, 99) == 99
+    assert carga.percentil([7], 99) == 7
+    assert carga.percentil([], 99) == 0
+
+
+def _registro(n_rapidos_ok, n_lentos, inconsistencias=0):
+    r = carga.Registro()
+    for i in range(n_rapidos_ok):
+        r.anotar("debitos", i * 1_000_000, i * 1_000_000 + 1_500_000, 200, None, True)
+    for _ in range(n_lentos):
+        r.anotar("creditos", 0, 300_000_000, 200, None, True)
+    r.inconsistencias = inconsistencias
+    return r
+
+
+def test_pontuacao_oficial():
+    perfeito = carga.resumir(_registro(100, 0), 1.0, {})
+    assert perfeito["pontuacao"]["usd"] == 100000
+    # 97% under 250 ms: fine (98 - 97) * 1000.
+    lento = carga.resumir(_registro(97, 3), 1.0, {})
+    assert lento["pontuacao"]["pct_ok_abaixo_250ms"] == 97.0
+    assert lento["pontuacao"]["usd"] == 99000
+    inconsistente = carga.resumir(_registro(100, 0, inconsistencias=2), 1.0, {})
+    assert inconsistente["pontuacao"]["usd"] == round(100000 - 2 * 803.01, 2)
+
+
+def test_milissegundos_inteiros_como_o_gatling():
+    r = carga.Registro()
+    # 0.4 ms crossing a millisecond boundary counts 1 ms; 0.9 ms inside one counts 0.
+    r.anotar("extratos", 999_800_000, 1_000_200_000, 200, None, True)
+    r.anotar("extratos", 2_000_000_000, 2_000_900_000, 200, None, True)
+    assert r.ms_inteiros == [1, 0]
+
+
+def test_orcamento_do_compose_soma_o_limite_do_desafio():
+    limites, _ = pilha.orcamento()
+    assert set(limites) == set(pilha.COMPONENTES)
+    assert sum(cpu for cpu, _ in limites.values()) <= 1.5 + 1e-9
+    assert sum(mb for _, mb in limites.values()) <= 550 + 1e-9
+    escalado = pilha.escalar_memoria(limites, 200)
+    assert abs(sum(mb for _, mb in escalado.values()) - 200) < 1e-6
+
+
+def test_megabytes():
+    assert pilha._megabytes("400MB") == 400
+    assert pilha._megabytes("1g") == 1024
+    with pytest.raises(ValueError):
+        pilha._megabytes("muito")
+
+
+def test_arvore_e_cpu_de_processos():
+    filho = subprocess.Popen([sys.executable, "-c", "import time; sum(range(3_000_000)); time.sleep(30)"])
+    try:
+        time.sleep(0.5)
+        assert filho.pid in pilha.arvore(os.getpid())
+        assert pilha.cpu_arvore(filho.pid) > 0
+        assert pilha.pss_kb([filho.pid]) > 0
+    finally:
+        filho.kill()
+        filho.wait()
+
+
+def test_cgrupo_confina_um_processo():
+    cg = pilha.Cgrupos({"api01": (0.1, 50)}, nome="crebito-bench-teste")
+    if cg.modo is None:
+        # Not writable here: the tool must say so and still run unconfined.
+        assert not os.access("/sys/fs/cgroup/memory/cgroup.procs", os.W_OK)
+        return
+    filho = subprocess.Popen(["sleep", "30"])
+    try:
+        cg.criar()
+        cg.mover("api01", [filho.pid])
+        with open(f"/proc/{filho.pid}/cgroup") as f:
+            assert cg.base in f.read()
+        assert cg.cpu_s("api01") is not None
+    finally:
+        filho.kill()
+        filho.wait()
+        cg.remover()
+    assert not any(os.path.exists(c) for c in cg._dirs("api01").values())
+
+
+def test_carga_curta_contra_a_pilha_real(tmp_path):
+    p = pilha.Pilha()
+    try:
+        p.iniciar()
+        resumo = carga.main(["--url", p.url, "--rampa", "3", "--platô", "2", "--saida", str(tmp_path)])
+    finally:
+        p.parar()
+    assert resumo["pontuacao"]["inconsistencias"] == 0
+    for grupo in ("debitos", "creditos", "extratos"):
+        assert resumo["grupos"][grupo]["ko"] == 0, resumo["motivos_ko"]
+    # Validation phases: 25 + 1 + 25 + 1 + 1 (client 6) + 5 clients x 14 requests.
+    assert resumo["grupos"]["validacoes"]["n"] == 123
+    assert resumo["total"] == 123 + len(carga.tempos_de_chegada(1, 220, 3, 2)) + len(
+        carga.tempos_de_chegada(1, 110, 3, 2)
+    ) + len(carga.tempos_de_chegada(1, 10, 3, 2))
+    with open(tmp_path / "carga.json") as f:
+        assert json.load(f)["total"] == resumo["total"]
+    html = (tmp_path / "relatorio.html").read_text()
+    assert "<svg" in html and "<polyline" in html
+    # Self-contained: nothing to fetch.
+    assert not any(x in html for x in ("src=", "href=", "<link", "@import"))
