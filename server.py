@@ -200,13 +200,15 @@ def app(environ, start_response):
     return [body]
 
 
-def _morrer_com_o_pai():
+def _morrer_com_o_pai(pai):
     """Ask Linux to SIGTERM this worker when its parent dies, so a killed
     instance never leaves orphans holding the socket and connections."""
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+    if os.getppid() != pai:
+        os._exit(0)  # the parent died before prctl took effect
 
 
 def _listen(endereco):
@@ -221,13 +223,14 @@ def _listen(endereco):
 
 
 def _iniciar_worker():
+    pai = os.getpid()
     pid = os.fork()
     if pid:
         return pid
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    _morrer_com_o_pai()
+    _morrer_com_o_pai(pai)
     banco.conectar()
     try:
         bjoern.run()
