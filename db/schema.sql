@@ -76,6 +76,10 @@ revoke all on schema crebito from public;
 revoke execute on all functions in schema api, crebito from public;
 grant usage on schema api to crebito_api;
 grant execute on all functions in schema api to crebito_api;
+-- The same for functions crebito creates later (PUBLIC's default EXECUTE can
+-- only be revoked globally, not per schema).
+alter default privileges revoke execute on functions from public;
+alter default privileges in schema api grant execute on functions to crebito_api;
 reset role;
 -- A stuck request must not hold a worker forever.
 alter role crebito_api set statement_timeout = '5s';

@@ -114,6 +114,22 @@ def test_papel_da_api_nao_tem_poderes(db):
     )
 
 
+def test_funcoes_criadas_depois_seguem_a_mesma_regra(db):
+    """Default privileges: a function crebito adds to `api` later is executable
+    by the API role, one added to `crebito` is not, and PUBLIC gets neither."""
+    with db.transaction(force_rollback=True):
+        db.execute("set local role crebito")
+        db.execute("create function api.nova() returns int language sql return 1")
+        db.execute("create function crebito.nova() returns int language sql return 1")
+        privilegios = db.execute(
+            "select has_function_privilege('crebito_api', 'api.nova()', 'execute'),"
+            " has_function_privilege('crebito_api', 'crebito.nova()', 'execute'),"
+            " has_function_privilege('public', 'api.nova()', 'execute'),"
+            " has_function_privilege('public', 'crebito.nova()', 'execute')"
+        ).fetchone()
+    assert privilegios == (True, False, False, False)
+
+
 def test_funcoes_security_definer_nao_sao_do_superusuario(db):
     """A SECURITY DEFINER function runs with its owner's rights, so a flaw in
     one must not hand out a superuser's: the owner is a role without login
