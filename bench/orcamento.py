@@ -55,6 +55,18 @@ def pyspy(pid, segundos, destino):
     }
 
 
+def um_worker(p, instancia, limite=10):
+    """A worker of the instance: the first 200 may come from the other
+    instance while this one is still forking its workers."""
+    fim = time.monotonic() + limite
+    while True:
+        mestre = p.pid(instancia)
+        workers = [x for x in pilha.arvore(mestre) if x != mestre]
+        if workers or time.monotonic() > fim:
+            return workers[0] if workers else mestre
+        time.sleep(0.1)
+
+
 def pg_stat_statements(p):
     sql = (
         "select round(total_exec_time::numeric, 1) as total_ms, calls,"
@@ -92,16 +104,20 @@ def main():
         perfil = {}
         if args.perfil:
             # Sample a worker of api01 in the middle of the run.
-            worker = next(x for x in pilha.arvore(p.pid("api01")) if x != p.pid("api01"))
+            worker = um_worker(p, "api01")
             meio = max(0.0, (args.rampa + args.plato) / 2 - 5)
 
             def perfilar():
                 time.sleep(meio)
                 perfil["py_spy"] = pyspy(worker, 10, os.path.join(saida, "py-spy-api01"))
+                pids_banco = pilha.arvore(p.pid("postgres"))
+                perfil["perf_banco"] = pilha.perf_banco(pids_banco, 10, os.path.join(saida, "perf-postgres"))
 
             t_perfil = threading.Thread(target=perfilar, daemon=True)
         medidor.iniciar()
         if args.perfil:
+            esperas = pilha.AmostradorEsperas(p)
+            esperas.iniciar()
             t_perfil.start()
         carga_saida = os.path.join(saida, "carga")
         cmd = [
@@ -120,6 +136,8 @@ def main():
         ]
         rc = subprocess.run(cmd).returncode
         medidor.parar()
+        if args.perfil:
+            perfil["esperas_do_banco"] = esperas.parar()
         with open(os.path.join(carga_saida, "carga.json")) as f:
             carga = json.load(f)
         r = medidor.resultado(carga["total"])
@@ -130,8 +148,7 @@ def main():
         r["carga"] = {k: carga[k] for k in ("total", "ko", "motivos_ko", "pontuacao", "cpu_da_carga")}
         r["carga"]["all"] = carga["grupos"]["all"]
         if args.perfil:
-            if "t_perfil" in locals():
-                t_perfil.join(timeout=30)
+            t_perfil.join(timeout=60)
             r["perfil"] = perfil
             r["perfil"]["pg_stat_statements"] = pg_stat_statements(p)
         auditoria = subprocess.run(
@@ -159,6 +176,16 @@ def main():
             print(f"py-spy ({py.get('amostras')} amostras de um worker de api01), tempo próprio:")
             for q, pct in py.get("proprio", []):
                 print(f"  {pct:5.1f}%  {q}")
+        print("sessões da API no banco (pg_stat_activity, % das amostras):")
+        for estado, pct in list(r["perfil"]["esperas_do_banco"]["pct"].items())[:10]:
+            print(f"  {pct:5.1f}%  {estado}")
+        perf = r["perfil"].get("perf_banco")
+        if perf and "erro" not in perf:
+            print("perf no banco (CPU própria por biblioteca e por símbolo):")
+            for linha in perf["dso"][:5] + perf["simbolos"][:15]:
+                print(f"  {linha}")
+        elif perf:
+            print("perf:", perf["erro"])
         print("pg_stat_statements:")
         print(r["perfil"]["pg_stat_statements"])
     pilha.salvar_json(os.path.join(saida, "orcamento.json"), r)

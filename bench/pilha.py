@@ -488,6 +488,74 @@ class Medidor:
         }
 
 
+class AmostradorEsperas:
+    """Samples what the API's database sessions are doing (pg_stat_activity:
+    on CPU, idle waiting for their worker, waiting for the WAL or for a row
+    lock) every `intervalo` seconds, to tell where a request's time goes."""
+
+    SQL = (
+        "select coalesce(wait_event_type, 'CPU') || ':' || coalesce(wait_event, '-') || ':' || state"
+        " from pg_stat_activity where application_name = 'crebito'"
+    )
+
+    def __init__(self, pilha, intervalo=0.05):
+        self.pilha = pilha
+        self.intervalo = intervalo
+        self.contagem = {}
+        self.amostras = 0
+        self._parar = threading.Event()
+        self._thread = None
+
+    def _rodar(self):
+        import psycopg
+
+        dsn = f"host={self.pilha.var}/pgrun port=5432 dbname=crebito user=postgres application_name=bench"
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            while not self._parar.wait(self.intervalo):
+                for (estado,) in conn.execute(self.SQL):
+                    self.contagem[estado] = self.contagem.get(estado, 0) + 1
+                self.amostras += 1
+
+    def iniciar(self):
+        self._thread = threading.Thread(target=self._rodar, daemon=True)
+        self._thread.start()
+
+    def parar(self):
+        self._parar.set()
+        self._thread.join()
+        total = sum(self.contagem.values()) or 1
+        return {
+            "amostras": self.amostras,
+            "pct": {k: round(100 * v / total, 1) for k, v in sorted(self.contagem.items(), key=lambda x: -x[1])},
+        }
+
+
+def perf_banco(pids, segundos, destino):
+    """perf's CPU-clock profile of the database processes: top symbols by own
+    time and the shares of kernel, postgres and plpgsql. None without perf."""
+    if not shutil.which("perf"):
+        return None
+    dados = destino + ".data"
+    r = subprocess.run(
+        ["perf", "record", "-e", "cpu-clock", "-F", "999", "-g", "-p", ",".join(map(str, pids)), "-o", dados]
+        + ["--", "sleep", str(segundos)],
+        capture_output=True,
+        text=True,
+    )
+    if r.returncode != 0:
+        return {"erro": r.stderr[-300:]}
+    resultado = {}
+    for chave, ordem in (("dso", "dso"), ("simbolos", "symbol")):
+        rel = subprocess.run(
+            ["perf", "report", "-i", dados, "--no-children", "--sort", ordem, "--stdio", "-g", "none"],
+            capture_output=True,
+            text=True,
+        )
+        linhas = [x.strip() for x in rel.stdout.splitlines() if x.strip() and not x.startswith("#")]
+        resultado[chave] = linhas[:25]
+    return resultado
+
+
 def tabela_orcamento(r):
     linhas = [
         f"{'componente':<10}{'limite':>14}{'CPU s':>9}{'CPU s /proc':>12}{'pico MB':>9}{'PSS pico':>9}"

@@ -57,13 +57,15 @@ def main():
     ap.add_argument("--memoria-total", type=float, default=None)
     ap.add_argument("--compose", default=None)
     ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--esperas", action="store_true", help="sample what the database sessions wait on, per level")
+    ap.add_argument("--pg-conf", default=None, help="extra PostgreSQL settings file (diagnostics)")
     ap.add_argument("--saida", default=None)
     args = ap.parse_args()
     saida = args.saida or os.path.join(AQUI, "results", "saturacao-" + time.strftime("%Y%m%d-%H%M%S"))
     os.makedirs(saida, exist_ok=True)
 
     niveis = []
-    with pilha.PilhaNoOrcamento(args.memoria_total, args.compose, None, args.workers, saida) as pn:
+    with pilha.PilhaNoOrcamento(args.memoria_total, args.compose, args.pg_conf, args.workers, saida) as pn:
         p = pn.pilha
         print(
             f"{'conexões':>8}{'req/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}{'erros':>7}{'CPU ms/req':>11}"
@@ -73,6 +75,9 @@ def main():
         for c in (int(x) for x in args.conexoes.split(",")):
             medidor = pilha.Medidor(p, pn.cgrupos, a_cada_amostra=pn.confinar)
             medidor.iniciar()
+            esperas = pilha.AmostradorEsperas(p) if args.esperas else None
+            if esperas:
+                esperas.iniciar()
             w = wrk(p.url, c, args.duracao, args.threads)
             medidor.parar()
             m = medidor.resultado(w["requisicoes"])
@@ -90,6 +95,8 @@ def main():
                 "wrk": w,
                 "pilha": m,
             }
+            if esperas:
+                nivel["esperas_do_banco"] = esperas.parar()
             niveis.append(nivel)
             print(
                 f"{c:>8}{nivel['req_s']:>9.0f}{nivel['p50_ms']:>8.1f}{nivel['p99_ms']:>8.1f}{nivel['max_ms']:>8.1f}"
@@ -97,6 +104,9 @@ def main():
                 f"{estrangulado:>11.1f}{w['cpu_s_wrk']:>8.1f}",
                 flush=True,
             )
+            if esperas:
+                principais = list(nivel["esperas_do_banco"]["pct"].items())[:5]
+                print("          banco: " + ", ".join(f"{k} {v}%" for k, v in principais), flush=True)
         reiniciados = pn.reiniciados()
         modo = pn.cgrupos.modo
         limites = pn.limites
