@@ -485,6 +485,7 @@ class Medidor:
             "cpu_s_launcher": round(self.cpu1["launcher"] - self.cpu0["launcher"], 2),
             "pss_total_pico_mb": round(self.pss_total_pico_kb / 1024, 1),
             "cpus_medias_da_pilha": round(total / self.duracao, 3) if self.duracao else None,
+            "limites_aplicados": self.cgrupos.modo is not None,
         }
 
 
@@ -562,7 +563,7 @@ def tabela_orcamento(r):
         f"{'estrangul.':>11}{'falhas mem':>11}{'OOM kill':>9}"
     ]
     for nome, c in r["componentes"].items():
-        limite = f"{c['limite_cpus']}/{c['limite_mb']}MB" if c["limite_cpus"] is not None else "-"
+        limite = f"{c['limite_cpus']}/{c['limite_mb']}MB" if r["limites_aplicados"] else "nenhum"
         cg = "-" if c["cpu_s_cgroup"] is None else f"{c['cpu_s_cgroup']:.2f}"
         pico = "-" if c["pico_mb_cgroup"] is None else f"{c['pico_mb_cgroup']:.1f}"
         linhas.append(
