@@ -9,7 +9,7 @@ path builds no Python objects beyond the bytes it forwards.
 Configuration (environment):
     DATABASE_URL      libpq connection string or URI; empty means libpq's PG* variables
     CREBITO_LISTEN    "unix:/path/to/socket" or "host:port" (default 0.0.0.0:8080)
-    CREBITO_WORKERS   pre-forked worker processes, each with its own connection (default 4)
+    CREBITO_WORKERS   pre-forked worker processes, each with its own connection (default 3)
 """
 
 import ctypes
@@ -241,7 +241,7 @@ def _iniciar_worker():
 def main():
     logging.basicConfig(level=logging.INFO, format="api[%(process)d] %(levelname)s %(message)s", stream=sys.stderr)
     endereco = os.environ.get("CREBITO_LISTEN", "0.0.0.0:8080")
-    n = int(os.environ.get("CREBITO_WORKERS", "4"))
+    n = int(os.environ.get("CREBITO_WORKERS", "3"))
     _listen(endereco)
 
     parando = False

@@ -12,7 +12,7 @@ Environment:
                       /var/lib/crebito-<path> when root and the project
                       directory is not reachable by the postgres user)
     CREBITO_PORT      HTTP port of HAProxy (default 9999)
-    CREBITO_WORKERS   workers per API instance (default 4)
+    CREBITO_WORKERS   workers per API instance (default 3)
     CREBITO_PG_BIN    directory of PostgreSQL's binaries (default: found)
     CREBITO_PG_CONF   extra postgresql.conf settings file, included last
 """
@@ -56,7 +56,7 @@ class Stack:
         self.sock = os.path.join(self.var, "sock")
         self.bin = pg_bin()
         self.porta = os.environ.get("CREBITO_PORT", "9999")
-        self.workers = os.environ.get("CREBITO_WORKERS", "4")
+        self.workers = os.environ.get("CREBITO_WORKERS", "3")
         # PostgreSQL refuses to run as root: it runs as `postgres` then.
         self.usuario = "postgres" if os.geteuid() == 0 else None
         self.processos = {}  # nome -> (Popen, started_at)
