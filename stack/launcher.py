@@ -18,6 +18,7 @@ Environment:
 """
 
 import glob
+import http.client
 import os
 import pwd
 import shutil
@@ -25,7 +26,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 
 RAIZ = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PG_PORTA = "5432"  # only names the unix socket; the cluster listens on no TCP port
@@ -209,15 +209,19 @@ class Stack:
                 proc.wait()
 
     def esperar_api(self, limite=30):
-        url = f"http://127.0.0.1:{self.porta}/clientes/1/extrato"
+        # http.client, not urllib: an http_proxy in the environment must not
+        # stand between the launcher and 127.0.0.1.
         fim = time.monotonic() + limite
         while time.monotonic() < fim:
+            conn = http.client.HTTPConnection("127.0.0.1", int(self.porta), timeout=1)
             try:
-                with urllib.request.urlopen(url, timeout=1) as resp:
-                    if resp.status == 200:
-                        return True
-            except OSError:
+                conn.request("GET", "/clientes/1/extrato")
+                if conn.getresponse().status == 200:
+                    return True
+            except (OSError, http.client.HTTPException):
                 time.sleep(0.05)
+            finally:
+                conn.close()
         return False
 
     def rodar(self):
