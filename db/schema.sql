@@ -66,6 +66,7 @@ insert into crebito.cliente (id, limite) values
 -- The functions, one per file.
 \ir functions/crebito.json_ou_nulo.sql
 \ir functions/crebito.erro.sql
+\ir functions/crebito.recusa.sql
 \ir functions/api.transacao.sql
 \ir functions/api.extrato.sql
 \ir functions/api.auditoria.sql

@@ -3,6 +3,7 @@ per test session, in a temporary data directory on a free port, started by
 the same launcher as `make run`. Each test starts from the five initial
 clients with balance 0."""
 
+import contextlib
 import json
 import os
 import signal
@@ -92,11 +93,13 @@ class Stack:
         raise RuntimeError("the stack did not answer in time")
 
 
-@pytest.fixture(scope="session")
-def stack():
-    var = tempfile.mkdtemp(prefix="crebito-test-")
+@contextlib.contextmanager
+def stack_temporaria(workers, prefixo="crebito-test-"):
+    """A native stack started by the launcher in a new temporary directory on a
+    free port; stopped and removed afterwards (kept when CREBITO_MANTER=1, for a
+    post-mortem of its stack.log)."""
+    var = tempfile.mkdtemp(prefix=prefixo)
     os.chmod(var, 0o755)
-    workers = 2
     env = dict(os.environ, CREBITO_VAR=var, CREBITO_PORT=str(porta_livre()), CREBITO_WORKERS=str(workers))
     log = open(os.path.join(var, "stack.log"), "w")
     launcher = subprocess.Popen(
@@ -113,7 +116,14 @@ def stack():
         except subprocess.TimeoutExpired:
             launcher.kill()
         log.close()
-        subprocess.run(["rm", "-rf", var], check=False)
+        if not os.environ.get("CREBITO_MANTER"):
+            subprocess.run(["rm", "-rf", var], check=False)
+
+
+@pytest.fixture(scope="session")
+def stack():
+    with stack_temporaria(workers=2) as s:
+        yield s
 
 
 def zerar(stack):

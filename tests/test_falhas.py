@@ -16,16 +16,13 @@ import json
 import os
 import random
 import signal
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections import Counter
 
 import psycopg
 import pytest
-from conftest import LIMITES, RAIZ, Stack, porta_livre
+from conftest import LIMITES, stack_temporaria
 
 WORKERS = 2
 CLIENTES = 6
@@ -41,27 +38,9 @@ SEM_RESPOSTA = {None, 502, 503, 504}
 
 @pytest.fixture(scope="module")
 def pilha():
-    var = tempfile.mkdtemp(prefix="crebito-falhas-")
-    os.chmod(var, 0o755)
-    env = dict(os.environ, CREBITO_VAR=var, CREBITO_PORT=str(porta_livre()), CREBITO_WORKERS=str(WORKERS))
-    log = open(os.path.join(var, "stack.log"), "w")
-    launcher = subprocess.Popen(
-        [sys.executable, os.path.join(RAIZ, "stack", "launcher.py")], env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    s = Stack(var=var, porta=int(env["CREBITO_PORT"]), workers=WORKERS, launcher=launcher)
-    try:
-        s.esperar_pronto()
+    # Its own stack: killing its parts cannot disturb the other tests.
+    with stack_temporaria(WORKERS, prefixo="crebito-falhas-") as s:
         yield s
-    finally:
-        launcher.send_signal(signal.SIGTERM)
-        try:
-            launcher.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            launcher.kill()
-        log.close()
-        # CREBITO_MANTER=1 keeps the data directory and stack.log for a post-mortem.
-        if not os.environ.get("CREBITO_MANTER"):
-            subprocess.run(["rm", "-rf", var], check=False)
 
 
 def filhos(pid):

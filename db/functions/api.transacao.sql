@@ -46,13 +46,7 @@ begin
     end if;
 
     if problema is not null then
-        if exists (select from crebito.cliente as c where c.id = cliente) then
-            status := 422;
-            resposta := crebito.erro(problema);
-        else
-            status := 404;
-            resposta := crebito.erro('cliente não encontrado');
-        end if;
+        select r.status, r.resposta into status, resposta from crebito.recusa(cliente, problema) as r;
         return;
     end if;
     pedido_valor := numero;
@@ -101,13 +95,11 @@ begin
         returning id into transacao_id;
         status := 200;
         resposta := '{"limite":' || limite_cliente || ',"saldo":' || saldo_novo || '}';
-    elsif exists (select from crebito.cliente as c where c.id = cliente) then
-        status := 422;
-        resposta := crebito.erro(problema);
     else
-        status := 404;
-        resposta := crebito.erro('cliente não encontrado');
-        return;
+        select r.status, r.resposta into status, resposta from crebito.recusa(cliente, problema) as r;
+        if status = 404 then
+            return;
+        end if;
     end if;
 
     if chave is not null then
