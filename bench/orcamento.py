@@ -83,15 +83,10 @@ def main():
     ap.add_argument("--rampa", type=float, default=120)
     ap.add_argument("--platô", "--plato", dest="plato", type=float, default=120)
     ap.add_argument("--escala", type=float, default=1.0)
-    ap.add_argument("--memoria-total", type=float, default=None, help="scale the memory limits to this total (MB)")
-    ap.add_argument("--compose", default=None, help="compose file with the limits (default: compose.yml)")
-    ap.add_argument("--workers", type=int, default=None, help="CREBITO_WORKERS per instance (default: launcher's)")
     ap.add_argument("--perfil", action="store_true", help="py-spy on one API worker and pg_stat_statements")
-    ap.add_argument("--pg-conf", default=None, help="extra PostgreSQL settings file")
-    ap.add_argument("--saida", default=None)
+    pilha.opcoes_do_orcamento(ap)
     args = ap.parse_args()
-    saida = args.saida or os.path.join(AQUI, "results", "orcamento-" + time.strftime("%Y%m%d-%H%M%S"))
-    os.makedirs(saida, exist_ok=True)
+    saida = pilha.pasta_de_saida(args, "orcamento")
     pg_conf = args.pg_conf
     if args.perfil and not pg_conf:
         pg_conf = PG_STAT_CONF

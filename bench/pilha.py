@@ -636,3 +636,20 @@ class PilhaNoOrcamento:
 def salvar_json(caminho, dados):
     with open(caminho, "w") as f:
         json.dump(dados, f, indent=1, ensure_ascii=False)
+
+
+def opcoes_do_orcamento(ap):
+    """The options every tool that runs the stack in its budget shares."""
+    ap.add_argument("--memoria-total", type=float, default=None, help="scale the memory limits to this total (MB)")
+    ap.add_argument("--compose", default=None, help="compose file with the limits (default: compose.yml)")
+    ap.add_argument("--workers", type=int, default=None, help="CREBITO_WORKERS per instance (default: launcher's)")
+    ap.add_argument("--pg-conf", default=None, help="extra PostgreSQL settings file")
+    ap.add_argument("--saida", default=None, help="folder for the figures (default: bench/results/<tool>-<date>)")
+
+
+def pasta_de_saida(args, ferramenta):
+    """--saida, or a new dated folder under bench/results."""
+    aqui = os.path.dirname(os.path.abspath(__file__))
+    saida = args.saida or os.path.join(aqui, "results", f"{ferramenta}-" + time.strftime("%Y%m%d-%H%M%S"))
+    os.makedirs(saida, exist_ok=True)
+    return saida

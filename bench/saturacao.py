@@ -15,7 +15,6 @@ import os
 import resource
 import subprocess
 import sys
-import time
 
 import pilha
 
@@ -54,15 +53,10 @@ def main():
     ap.add_argument("--conexoes", default="8,16,32,64,128")
     ap.add_argument("--duracao", type=int, default=15, help="seconds per level")
     ap.add_argument("--threads", type=int, default=1, help="wrk threads (each costs CPU the stack then lacks)")
-    ap.add_argument("--memoria-total", type=float, default=None)
-    ap.add_argument("--compose", default=None)
-    ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--esperas", action="store_true", help="sample what the database sessions wait on, per level")
-    ap.add_argument("--pg-conf", default=None, help="extra PostgreSQL settings file (diagnostics)")
-    ap.add_argument("--saida", default=None)
+    pilha.opcoes_do_orcamento(ap)
     args = ap.parse_args()
-    saida = args.saida or os.path.join(AQUI, "results", "saturacao-" + time.strftime("%Y%m%d-%H%M%S"))
-    os.makedirs(saida, exist_ok=True)
+    saida = pilha.pasta_de_saida(args, "saturacao")
 
     niveis = []
     with pilha.PilhaNoOrcamento(args.memoria_total, args.compose, args.pg_conf, args.workers, saida) as pn:
