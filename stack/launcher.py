@@ -17,6 +17,7 @@ Environment:
     CREBITO_PG_CONF   extra postgresql.conf settings file, included last
 """
 
+import fcntl
 import glob
 import http.client
 import os
@@ -232,8 +233,18 @@ class Stack:
         self.esperar_postgres()
         if novo:
             self.carregar_schema()
-        for nome in ("api01", "api02", "haproxy"):
+        # HAProxy last, once both instances' sockets exist (stale ones from an
+        # earlier run removed first), so it never starts with an instance down.
+        sockets = [os.path.join(self.sock, f"{nome}.sock") for nome in ("api01", "api02")]
+        for caminho in sockets:
+            if os.path.exists(caminho):
+                os.unlink(caminho)
+        for nome in ("api01", "api02"):
             self.iniciar(nome)
+        fim = time.monotonic() + 5
+        while not all(map(os.path.exists, sockets)) and time.monotonic() < fim:
+            time.sleep(0.01)
+        self.iniciar("haproxy")
         if self.esperar_api():
             log(f"ready on http://127.0.0.1:{self.porta} in {time.monotonic() - t0:.2f}s (Ctrl-C stops)")
         else:
@@ -273,14 +284,29 @@ def auditar(var):
     sys.exit(1 if r.stdout.strip() else 0)
 
 
+def travar(var):
+    """One launcher per data directory: a second one would find the port and
+    the cluster taken and report the first one's answers as its own."""
+    os.makedirs(var, exist_ok=True)
+    trava = open(os.path.join(var, "launcher.lock"), "w")
+    try:
+        fcntl.flock(trava, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        sys.exit(f"crebito: another launcher is already running with {var}; stop it first (Ctrl-C)")
+    return trava
+
+
 def main():
     var = os.environ.get("CREBITO_VAR") or var_padrao()
     if "--auditoria" in sys.argv[1:]:
         auditar(var)
+    _trava = travar(var)  # held until the process exits
     if "--reset" in sys.argv[1:]:
         log(f"reset: removing {var}/pgdata")
         shutil.rmtree(os.path.join(var, "pgdata"), ignore_errors=True)
     stack = Stack(var)
+    # Both set explicitly: a shell that starts us in the background leaves SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         stack.rodar()
