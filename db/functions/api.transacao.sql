@@ -34,7 +34,7 @@ begin
     end if;
 
     if jsonb_typeof(pedido) is distinct from 'object' then
-        problema := 'o corpo deve ser um objeto JSON';
+        problema := 'o corpo deve ser um objeto JSON válido, sem caracteres NUL';
     elsif numero is null or numero < 1 or numero > 9223372036854775807 or numero <> trunc(numero) then
         problema := 'valor deve ser um inteiro positivo de até 64 bits';
     elsif pedido_tipo is null or pedido_tipo not in ('c', 'd') or jsonb_typeof(pedido -> 'tipo') <> 'string' then
