@@ -16,6 +16,7 @@ import glob
 import os
 import re
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -53,18 +54,19 @@ def rodar(pg_args, segundos, clientes, threads, postmaster, cgrupos=None):
         cgrupos.zerar_picos()
     cpu0 = pilha.cpu_arvore(postmaster)
     filhos0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=log_dir)
-    filhos1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu1 = pilha.cpu_arvore(postmaster)
-    if r.returncode != 0:
-        sys.exit(f"pgbench falhou:\n{r.stderr}")
-    latencias = []
-    for arquivo in glob.glob(os.path.join(log_dir, "tx*")):
-        with open(arquivo) as f:
-            for linha in f:
-                latencias.append(int(linha.split()[2]))  # microseconds
-        os.unlink(arquivo)
-    os.rmdir(log_dir)
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, cwd=log_dir)
+        filhos1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu1 = pilha.cpu_arvore(postmaster)
+        if r.returncode != 0:
+            sys.exit(f"pgbench falhou:\n{r.stderr}")
+        latencias = []
+        for arquivo in glob.glob(os.path.join(log_dir, "tx*")):
+            with open(arquivo) as f:
+                for linha in f:
+                    latencias.append(int(linha.split()[2]))  # microseconds
+    finally:
+        shutil.rmtree(log_dir, ignore_errors=True)
     latencias.sort()
     tps = float(re.search(r"tps = ([\d.]+)", r.stdout).group(1))
     transacoes = int(re.search(r"number of transactions actually processed: (\d+)", r.stdout).group(1))
