@@ -10,6 +10,8 @@ command -v haproxy >/dev/null || faltam+=(haproxy)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || faltam+=(postgresql)
 command -v psql >/dev/null || faltam+=(postgresql-client)
 command -v pgbench >/dev/null || faltam+=(postgresql-contrib)
+# The saturation benchmark (bench/saturacao.py) drives wrk.
+command -v wrk >/dev/null || faltam+=(wrk)
 python3 -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(sysconfig.get_paths()["include"] + "/Python.h"))' \
     || faltam+=(python3-dev)
 python3 -c 'import venv, ensurepip' 2>/dev/null || faltam+=(python3-venv)
