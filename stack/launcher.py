@@ -24,6 +24,7 @@ import os
 import pwd
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -225,6 +226,14 @@ class Stack:
                 conn.close()
         return False
 
+    def _aceita(self, nome):
+        with socket.socket(socket.AF_UNIX) as s:
+            try:
+                s.connect(os.path.join(self.sock, f"{nome}.sock"))
+                return True
+            except OSError:
+                return False
+
     def rodar(self):
         t0 = time.monotonic()
         novo = self.preparar_cluster()
@@ -233,16 +242,13 @@ class Stack:
         self.esperar_postgres()
         if novo:
             self.carregar_schema()
-        # HAProxy last, once both instances' sockets exist (stale ones from an
-        # earlier run removed first), so it never starts with an instance down.
-        sockets = [os.path.join(self.sock, f"{nome}.sock") for nome in ("api01", "api02")]
-        for caminho in sockets:
-            if os.path.exists(caminho):
-                os.unlink(caminho)
         for nome in ("api01", "api02"):
             self.iniciar(nome)
+        # HAProxy last, once both instances accept connections (a stale socket
+        # file from an earlier run refuses them), so it never starts with an
+        # instance marked down.
         fim = time.monotonic() + 5
-        while not all(map(os.path.exists, sockets)) and time.monotonic() < fim:
+        while not all(map(self._aceita, ("api01", "api02"))) and time.monotonic() < fim:
             time.sleep(0.01)
         self.iniciar("haproxy")
         if self.esperar_api():
