@@ -171,42 +171,37 @@ def test_corpo_de_4096_bytes_ainda_e_aceito(http):
     e_erro(http.pedir("POST", "/clientes/1/transacoes", corpo + " "), 413)
 
 
-def test_corpo_grande_sem_content_length_e_413(http):
-    # Chunked: the size is only known after reading it.
-    corpo = b'{"valor": 1, "tipo": "c", "descricao": "x"}' + b" " * 6000
+def post_em_chunks(http, corpo, corte):
+    """A POST whose body goes chunked, in two pieces: its size is only known
+    after reading it. Returns (status, Content-Type, parsed body)."""
     conn = HTTPConnection("127.0.0.1", http.porta, timeout=10)
     try:
         conn.request(
             "POST",
             "/clientes/1/transacoes",
-            body=iter([corpo[:3000], corpo[3000:]]),
+            body=iter([corpo[:corte], corpo[corte:]]),
             headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
             encode_chunked=True,
         )
         r = conn.getresponse()
-        assert r.status == 413
-        assert r.getheader("Content-Type") == "application/json"
-        assert set(json.loads(r.read())) == {"erro"}
+        return r.status, r.getheader("Content-Type"), json.loads(r.read())
     finally:
         conn.close()
+
+
+def test_corpo_grande_sem_content_length_e_413(http):
+    corpo = b'{"valor": 1, "tipo": "c", "descricao": "x"}' + b" " * 6000
+    status, tipo, resposta = post_em_chunks(http, corpo, 3000)
+    assert status == 413
+    assert tipo == "application/json"
+    assert set(resposta) == {"erro"}
     assert saldo(http, 1) == 0
 
 
 def test_corpo_pequeno_em_chunks_e_aceito(http):
     corpo = b'{"valor": 3, "tipo": "c", "descricao": "chunks"}'
-    conn = HTTPConnection("127.0.0.1", http.porta, timeout=10)
-    try:
-        conn.request(
-            "POST",
-            "/clientes/1/transacoes",
-            body=iter([corpo[:10], corpo[10:]]),
-            headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
-            encode_chunked=True,
-        )
-        r = conn.getresponse()
-        assert (r.status, json.loads(r.read())) == (200, {"limite": 100000, "saldo": 3})
-    finally:
-        conn.close()
+    status, _, resposta = post_em_chunks(http, corpo, 10)
+    assert (status, resposta) == (200, {"limite": 100000, "saldo": 3})
 
 
 def test_requisicao_http_malformada_e_400(http):
