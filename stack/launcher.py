@@ -17,6 +17,7 @@ Environment:
     CREBITO_PG_CONF   extra postgresql.conf settings file, included last
 """
 
+import argparse
 import fcntl
 import glob
 import http.client
@@ -303,11 +304,16 @@ def travar(var):
 
 
 def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    acao = ap.add_mutually_exclusive_group()
+    acao.add_argument("--reset", action="store_true", help="start with only the five initial clients")
+    acao.add_argument("--auditoria", action="store_true", help="check the running stack's books and exit")
+    args = ap.parse_args()
     var = os.environ.get("CREBITO_VAR") or var_padrao()
-    if "--auditoria" in sys.argv[1:]:
+    if args.auditoria:
         auditar(var)
     _trava = travar(var)  # held until the process exits
-    if "--reset" in sys.argv[1:]:
+    if args.reset:
         log(f"reset: removing {var}/pgdata")
         shutil.rmtree(os.path.join(var, "pgdata"), ignore_errors=True)
     stack = Stack(var)
