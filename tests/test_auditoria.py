@@ -123,6 +123,36 @@ def test_chave_recusada_sem_transacao_e_normal(corromper):
     assert auditar(corromper) == set()
 
 
+def guardar_chave(db, cliente, chave, status, transacao_id):
+    db.execute(
+        "insert into crebito.idempotencia (cliente_id, chave, pedido, status, resposta, transacao_id)"
+        " values (%s, %s, '{}', %s, '{}', %s)",
+        [cliente, chave, status, transacao_id],
+    )
+
+
+def test_chave_apontando_para_transacao_de_outro_cliente(corromper):
+    t = inserir(corromper, 4, 10, "c")
+    corromper.execute("update crebito.cliente set saldo = 10 where id = 4")
+    guardar_chave(corromper, 1, "alheia", 200, t)
+    assert auditar(corromper) == {(1, f"chave alheia aponta para transacao {t} do cliente 4")}
+
+
+def test_chave_recusada_apontando_para_transacao(corromper):
+    t = inserir(corromper, 2, 10, "c")
+    corromper.execute("update crebito.cliente set saldo = 10 where id = 2")
+    guardar_chave(corromper, 2, "k422", 422, t)
+    assert auditar(corromper) == {(2, f"chave k422 recusada (422) aponta para transacao {t}")}
+
+
+def test_transacao_aceita_por_duas_chaves(corromper):
+    t = inserir(corromper, 5, 10, "c")
+    corromper.execute("update crebito.cliente set saldo = 10 where id = 5")
+    guardar_chave(corromper, 5, "primeira", 200, t)
+    guardar_chave(corromper, 5, "segunda", 200, t)
+    assert auditar(corromper) == {(5, f"transacao {t} aceita por 2 chaves")}
+
+
 def test_varias_violacoes_de_uma_vez(corromper):
     corromper.execute("update crebito.cliente set saldo = 1 where id in (1, 2)")
     assert auditar(corromper) == {(1, "saldo 1 difere da soma do livro 0"), (2, "saldo 1 difere da soma do livro 0")}

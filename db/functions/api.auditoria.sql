@@ -47,6 +47,29 @@ begin atomic
             where t.id = i.transacao_id
         )
     union all
+    -- A replay answers what the key stored, so a key tied to another
+    -- client's ledger row, or a refusal tied to any row, would mislead it.
+    select
+        i.cliente_id,
+        'chave ' || i.chave || ' aponta para transacao ' || t.id || ' do cliente ' || t.cliente_id as violacao
+    from crebito.idempotencia as i
+    inner join crebito.transacao as t on i.transacao_id = t.id
+    where t.cliente_id <> i.cliente_id
+    union all
+    select
+        i.cliente_id,
+        'chave ' || i.chave || ' recusada (' || i.status || ') aponta para transacao ' || i.transacao_id as violacao
+    from crebito.idempotencia as i
+    where i.status <> 200 and i.transacao_id is not null
+    union all
+    select
+        min(i.cliente_id) as cliente_id,
+        'transacao ' || i.transacao_id || ' aceita por ' || count(*) || ' chaves' as violacao
+    from crebito.idempotencia as i
+    where i.transacao_id is not null
+    group by i.transacao_id
+    having count(*) > 1
+    union all
     select
         x.cliente_id,
         'transacao ' || x.id || ' fora de ordem no tempo' as violacao
