@@ -132,3 +132,28 @@ def test_papel_da_api_so_executa_funcoes(api_db):
     for sql in ("select * from crebito.cliente", "update crebito.cliente set saldo = 1"):
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             api_db.execute(sql)
+
+
+def test_plano_guardado_com_livro_vazio_le_so_os_dez_mais_recentes(db):
+    """A session keeps the plan it made for the statement while the ledger was
+    empty. Once the ledger is large, that plan must still read the ten newest
+    rows through the index, not every row of the client and sort them."""
+
+    def lidos():
+        sql = "select pg_stat_get_xact_tuples_returned('crebito.transacao_cliente_recentes'::regclass)"
+        return db.execute(sql).fetchone()[0]
+
+    with db.transaction(force_rollback=True):
+        db.execute("truncate crebito.transacao, crebito.idempotencia")
+        for _ in range(8):  # past the plan cache's five custom plans
+            db.execute("select * from api.extrato(1)")
+        db.execute(
+            "insert into crebito.transacao (cliente_id, valor, tipo, descricao)"
+            " select 1, 1, 'c', 'x' from generate_series(1, 5000)"
+        )
+        db.execute("update crebito.cliente set saldo = 5000 where id = 1")
+        antes = lidos()
+        status, resposta = db.execute("select status, resposta from api.extrato(1)").fetchone()
+        assert status == 200
+        assert len(json.loads(resposta)["ultimas_transacoes"]) == 10
+        assert lidos() - antes <= 10

@@ -10,6 +10,12 @@ language plpgsql
 stable
 security definer
 set search_path = ''
+-- Each session keeps the plan it first made for the statement below. Made
+-- while the ledger was small, that plan fetched every row of the client and
+-- sorted them, a cost that grew with the ledger for as long as the session
+-- lived. With sorting ruled out, the only plan left reads the ten newest rows
+-- in order from transacao_cliente_recentes, whatever the ledger's size.
+set enable_sort = off
 as $$
 begin
     select
