@@ -97,38 +97,29 @@ def test_transacao_fora_de_ordem(corromper):
     assert auditar(corromper) == {(3, f"transacao {t} fora de ordem no tempo")}
 
 
-def test_chave_apontando_para_transacao_inexistente(corromper):
-    corromper.execute("alter table crebito.idempotencia drop constraint idempotencia_transacao_id_fkey")
-    corromper.execute(
-        "insert into crebito.idempotencia (cliente_id, chave, pedido, status, resposta, transacao_id)"
-        " values (1, 'orfa', '{}', 200, '{}', 999999)"
-    )
-    assert auditar(corromper) == {(1, "chave orfa aponta para transacao inexistente")}
-
-
-def test_chave_aceita_sem_transacao(corromper):
-    corromper.execute(
-        "insert into crebito.idempotencia (cliente_id, chave, pedido, status, resposta, transacao_id)"
-        " values (2, 'sem-id', '{}', 200, '{}', null)"
-    )
-    assert auditar(corromper) == {(2, "chave sem-id aponta para transacao inexistente")}
-
-
-def test_chave_recusada_sem_transacao_e_normal(corromper):
-    # A 422 (insufficient limit) is stored without a ledger row: that is sound.
-    corromper.execute(
-        "insert into crebito.idempotencia (cliente_id, chave, pedido, status, resposta, transacao_id)"
-        " values (2, 'recusada', '{}', 422, '{}', null)"
-    )
-    assert auditar(corromper) == set()
-
-
 def guardar_chave(db, cliente, chave, status, transacao_id):
     db.execute(
         "insert into crebito.idempotencia (cliente_id, chave, pedido, status, resposta, transacao_id)"
         " values (%s, %s, '{}', %s, '{}', %s)",
         [cliente, chave, status, transacao_id],
     )
+
+
+def test_chave_apontando_para_transacao_inexistente(corromper):
+    corromper.execute("alter table crebito.idempotencia drop constraint idempotencia_transacao_id_fkey")
+    guardar_chave(corromper, 1, "orfa", 200, 999999)
+    assert auditar(corromper) == {(1, "chave orfa aponta para transacao inexistente")}
+
+
+def test_chave_aceita_sem_transacao(corromper):
+    guardar_chave(corromper, 2, "sem-id", 200, None)
+    assert auditar(corromper) == {(2, "chave sem-id aponta para transacao inexistente")}
+
+
+def test_chave_recusada_sem_transacao_e_normal(corromper):
+    # A 422 (insufficient limit) is stored without a ledger row: that is sound.
+    guardar_chave(corromper, 2, "recusada", 422, None)
+    assert auditar(corromper) == set()
 
 
 def test_chave_apontando_para_transacao_de_outro_cliente(corromper):
