@@ -155,6 +155,7 @@ class Pilha:
         self.launcher = None
         self.log = None
         self.tempo_ate_200 = None
+        self._sigterm_anterior = None
 
     @property
     def url(self):
@@ -171,6 +172,9 @@ class Pilha:
         if self.workers:
             env["CREBITO_WORKERS"] = str(self.workers)
         self.log = open(os.path.join(self.var, "stack.log"), "w")
+        # A SIGTERM to the tool (kill, a timeout) unwinds like Ctrl-C, so the
+        # code that stops this stack and removes its cgroups still runs.
+        self._sigterm_anterior = signal.signal(signal.SIGTERM, _sair_com_sigterm)
         t0 = time.perf_counter()
         self.launcher = subprocess.Popen(
             [os.path.join(RAIZ, ".venv", "bin", "python"), os.path.join(RAIZ, "stack", "launcher.py")],
@@ -219,6 +223,13 @@ class Pilha:
             if guardar_log:
                 shutil.copyfile(self.log.name, guardar_log)
         shutil.rmtree(self.var, ignore_errors=True)
+        if self._sigterm_anterior is not None:
+            signal.signal(signal.SIGTERM, self._sigterm_anterior)
+            self._sigterm_anterior = None
+
+
+def _sair_com_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 # -- cgroups -------------------------------------------------------------------------

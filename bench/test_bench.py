@@ -5,8 +5,11 @@ process-tree and cgroup helpers must find and confine real processes, and a
 short load run against a real fresh stack must check and report what the
 official test checks."""
 
+import glob
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -144,3 +147,30 @@ def test_carga_curta_contra_a_pilha_real(tmp_path):
     assert "<svg" in html and "<polyline" in html
     # Self-contained: nothing to fetch.
     assert not any(x in html for x in ("src=", "href=", "<link", "@import"))
+
+
+def test_sigterm_para_a_pilha_e_remove_os_cgroups(tmp_path):
+    """A tool stopped with SIGTERM mid-run stops its stack and leaves no cgroup behind."""
+    aqui = os.path.dirname(os.path.abspath(__file__))
+    comando = [sys.executable, os.path.join(aqui, "orcamento.py"), "--rampa", "1", "--platô", "120"]
+    ferramenta = subprocess.Popen(
+        [*comando, "--saida", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        var = None
+        for linha in ferramenta.stdout:
+            var = var or (re.search(r"iniciando a pilha em (\S+),", linha) or [None, None])[1]
+            if "fase 3" in linha:
+                break
+        assert var is not None
+        with open(os.path.join(var, "postgres.pid")) as f:
+            postmaster = int(f.read())
+        ferramenta.send_signal(signal.SIGTERM)
+        assert ferramenta.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        if ferramenta.poll() is None:
+            ferramenta.kill()
+    assert not os.path.exists(var)
+    assert not os.path.exists(f"/proc/{postmaster}")
+    grupo = f"crebito-bench-{ferramenta.pid}"
+    assert glob.glob(f"/sys/fs/cgroup/{grupo}") + glob.glob(f"/sys/fs/cgroup/*/{grupo}") == []
