@@ -159,7 +159,9 @@ def test_sigterm_para_a_pilha_e_remove_os_cgroups(tmp_path):
     try:
         var = None
         for linha in ferramenta.stdout:
-            var = var or (re.search(r"iniciando a pilha em (\S+),", linha) or [None, None])[1]
+            achado = re.search(r"iniciando a pilha em (\S+),", linha)
+            if achado:
+                var = achado[1]
             if "fase 3" in linha:
                 break
         assert var is not None

@@ -153,6 +153,15 @@ def primeiro_200(pilha, desde, limite=30):
     return None
 
 
+def pid_novo(pilha, nome, antigo):
+    """The live pid the launcher wrote for `nome` in place of `antigo`, or None yet."""
+    try:
+        novo = pilha.pid(nome)
+    except (FileNotFoundError, ValueError):
+        return None
+    return novo if novo != antigo and vivo(novo) else None
+
+
 def matar_worker(pilha):
     master = pilha.pid("api01")
     antes = filhos(master)
@@ -178,11 +187,8 @@ def matar_instancia(pilha):
     assert esperar(lambda: not any(vivo(w) for w in workers), 5), [w for w in workers if vivo(w)]
 
     def reiniciada():
-        try:
-            novo = pilha.pid("api02")
-        except (FileNotFoundError, ValueError):
-            return False
-        return novo != master and vivo(novo) and len(filhos(novo)) == WORKERS
+        novo = pid_novo(pilha, "api02", master)
+        return novo is not None and len(filhos(novo)) == WORKERS
 
     return t0, reiniciada
 
@@ -191,15 +197,7 @@ def matar_haproxy(pilha):
     pid = pilha.pid("haproxy")
     os.kill(pid, signal.SIGKILL)
     t0 = time.monotonic()
-
-    def reiniciado():
-        try:
-            novo = pilha.pid("haproxy")
-        except (FileNotFoundError, ValueError):
-            return False
-        return novo != pid and vivo(novo)
-
-    return t0, reiniciado
+    return t0, lambda: pid_novo(pilha, "haproxy", pid) is not None
 
 
 def matar_postgres(pilha):
