@@ -65,11 +65,15 @@ STATEMENTS = {
         [0, 1, 0],
     ),
     b"extrato": (b"select status, resposta from api.extrato($1)", [INT4_OID], [0]),
+    b"confirmar": (b"select descarregou from api.confirmar($1)", [INT4_OID], [0]),
 }
+OK = pq.ConnStatus.OK
+TUPLES_OK = pq.ExecStatus.TUPLES_OK
+PIPELINE_SYNC = pq.ExecStatus.PIPELINE_SYNC
 
 
 class Banco:
-    """One persistent libpq connection, reopened when it breaks."""
+    """One persistent libpq connection in pipeline mode, reopened when it breaks."""
 
     def __init__(self, conninfo):
         self.conninfo = conninfo
@@ -77,12 +81,13 @@ class Banco:
 
     def _conectar(self):
         pgconn = pq.PGconn.connect(self.conninfo)
-        if pgconn.status != pq.ConnStatus.OK:
+        if pgconn.status != OK:
             raise psycopg.OperationalError(pgconn.get_error_message())
         for nome, (sql, tipos, _) in STATEMENTS.items():
             res = pgconn.prepare(nome, sql, tipos)
             if res.status != pq.ExecStatus.COMMAND_OK:
                 raise psycopg.OperationalError(res.get_error_message())
+        pgconn.enter_pipeline_mode()
         self.pgconn = pgconn
 
     def conectar(self):
@@ -91,11 +96,31 @@ class Banco:
         except psycopg.Error as e:
             log.error("sem conexão com o banco, tentando no próximo pedido: %s", e)
 
+    def _resultado(self):
+        """The next statement's result, read up to its Sync, which commits its
+        implicit transaction. When the connection breaks before the Sync, the
+        commit is unknown: the statement's error, or None."""
+        pgconn = self.pgconn
+        res = pgconn.get_result()
+        # After the result come a None and then the Sync.
+        for _ in range(2):
+            if pgconn.status != OK:
+                break
+            fim = pgconn.get_result()
+            if fim is not None and fim.status == PIPELINE_SYNC:
+                return res
+        if pgconn.status == OK:
+            raise psycopg.OperationalError("resultados fora da ordem do pipeline")
+        return res if res is not None and res.status != TUPLES_OK else None
+
     def chamar(self, nome, params, repetivel):
-        """Runs a prepared statement; returns (status, headers, body).
+        """Runs a prepared statement and then api.confirmar in one round trip,
+        each in its own transaction; returns (status, headers, body) once the
+        WAL is flushed past every commit the statement could have seen.
 
         A statement whose outcome is unknown (the connection broke after it
-        was sent) is answered 503; a read-only one is retried once first.
+        was sent, or its confirmation failed) is answered 503; a read-only one
+        is retried once first.
         """
         for _ in range(2 if repetivel else 1):
             try:
@@ -104,26 +129,36 @@ class Banco:
                     # answered 503 only because its session died while idle.
                     log.warning("sessão encerrada pelo banco enquanto ociosa; reconectando")
                     self._descartar()
-                if self.pgconn is None or self.pgconn.status != pq.ConnStatus.OK:
+                if self.pgconn is None or self.pgconn.status != OK:
                     self._conectar()
-                res = self.pgconn.exec_prepared(nome, params, STATEMENTS[nome][2])
+                pgconn = self.pgconn
+                pgconn.send_query_prepared(nome, params, STATEMENTS[nome][2])
+                pgconn.pipeline_sync()
+                pgconn.send_query_prepared(b"confirmar", params[:1])
+                pgconn.pipeline_sync()
+                res = self._resultado()
+                confirmacao = self._resultado()
             except psycopg.Error as e:
                 log.error("falha ao chamar %s: %s", nome.decode(), e)
                 self._descartar()
                 continue
-            if res.status == pq.ExecStatus.TUPLES_OK:
-                body = res.get_value(0, 1)
-                return (
-                    STATUS_LINE[res.get_value(0, 0)],
-                    [JSON, ("Content-Length", str(len(body)))],
-                    body,
-                )
-            sqlstate = res.error_field(pq.DiagnosticField.SQLSTATE) or b""
-            if sqlstate.startswith(b"22"):
+            if res is not None and res.status == TUPLES_OK:
+                if confirmacao is not None and confirmacao.status == TUPLES_OK:
+                    body = res.get_value(0, 1)
+                    return (
+                        STATUS_LINE[res.get_value(0, 0)],
+                        [JSON, ("Content-Length", str(len(body)))],
+                        body,
+                    )
+                res = confirmacao
+            elif res is not None and (res.error_field(pq.DiagnosticField.SQLSTATE) or b"").startswith(b"22"):
                 # The body was not valid UTF-8 text.
                 return CORPO_INVALIDO
-            log.error("%s falhou: %s", nome.decode(), res.get_error_message().strip())
-            if self.pgconn.status != pq.ConnStatus.OK:
+            if res is not None:
+                log.error("%s falhou: %s", nome.decode(), res.get_error_message().strip())
+            else:
+                log.error("%s: conexão perdida: %s", nome.decode(), self.pgconn.get_error_message().strip())
+            if self.pgconn.status != OK:
                 self._descartar()
                 continue
             break

@@ -68,6 +68,7 @@ insert into crebito.cliente (id, limite) values
 \ir functions/crebito.erro.sql
 \ir functions/crebito.recusa.sql
 \ir functions/api.transacao.sql
+\ir functions/api.confirmar.sql
 \ir functions/api.extrato.sql
 \ir functions/api.auditoria.sql
 

@@ -65,8 +65,16 @@ def checar_saldo(saldo, limite):
 
 def fase_concorrente(http, tipo, saldo_esperado):
     corpo = json.dumps({"valor": 1, "tipo": tipo, "descricao": "validacao"})
-    statuses = em_paralelo(http.porta, 25, lambda u, i: u.transacao(1, corpo)[0])
-    assert statuses == [200] * 25
+    respostas = em_paralelo(http.porta, 25, lambda u, i: u.transacao(1, corpo))
+    assert [status for status, _ in respostas] == [200] * 25
+    # One chain of balances: each answer saw the balance the one before it
+    # left (none lost, none seen twice), and none went past the limit.
+    passo = 1 if tipo == "c" else -1
+    inicio = saldo_esperado - 25 * passo
+    assert sorted(r["saldo"] for _, r in respostas) == sorted(inicio + passo * k for k in range(1, 26))
+    for _, r in respostas:
+        assert r["limite"] == LIMITES[1]
+        checar_saldo(r["saldo"], r["limite"])
     usuario = Usuario(http.porta)
     try:
         status, extrato = usuario.extrato(1)

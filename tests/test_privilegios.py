@@ -81,6 +81,7 @@ def test_api_executa_so_as_funcoes_de_api(api_db, db):
     assert {(s, f) for s, f, _ in funcoes} >= {
         ("api", "transacao"),
         ("api", "extrato"),
+        ("api", "confirmar"),
         ("api", "auditoria"),
         ("crebito", "json_ou_nulo"),
         ("crebito", "erro"),
@@ -92,6 +93,7 @@ def test_api_executa_so_as_funcoes_de_api(api_db, db):
     corpo = '{"valor": 1, "tipo": "c", "descricao": "priv"}'
     assert api_db.execute("select status from api.transacao(1, %s)", [corpo]).fetchone() == (200,)
     assert api_db.execute("select count(*) from api.auditoria()").fetchone() == (0,)
+    assert api_db.execute("select count(*) from api.confirmar(1)").fetchone() == (1,)
 
 
 def test_papel_da_api_nao_tem_poderes(db):

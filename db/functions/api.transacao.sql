@@ -3,6 +3,9 @@
 -- the caller's single transaction. Returns the HTTP status and JSON body.
 -- `chave` is the optional Idempotency-Key: a repeated key answers what its first
 -- request answered and changes nothing.
+-- It commits without waiting for the WAL flush, so the row lock is free for
+-- the next request at once: its answer may be shown only after api.confirmar
+-- has returned (server.py sends both in one round trip).
 create function api.transacao(
     cliente integer,
     corpo text,
@@ -26,6 +29,9 @@ declare
     transacao_id bigint;
     problema text;
 begin
+    -- Local to this transaction and set in the body, so it lasts until the
+    -- commit (a function's SET clause is undone when the function returns).
+    perform pg_catalog.set_config('synchronous_commit', 'off', true);
     if jsonb_typeof(pedido -> 'valor') = 'number' then
         numero := (pedido ->> 'valor')::numeric;
     end if;
