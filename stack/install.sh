@@ -31,6 +31,12 @@ if [ ${#faltam[@]} -gt 0 ]; then
     fi
 fi
 
+# The API instances' own OS user: a root launcher runs them as it, so they can
+# reach the database only as crebito_api (HAProxy's user comes with its package).
+if [ "$(id -u)" = 0 ] && ! id crebito-api >/dev/null 2>&1; then
+    useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin crebito-api
+fi
+
 if [ -n "${CREBITO_CITUS_TARBALL:-}" ]; then
     if [ "$(id -u)" != 0 ]; then
         echo "crebito: installing Citus from $CREBITO_CITUS_TARBALL needs root" >&2
