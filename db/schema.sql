@@ -92,6 +92,7 @@ insert into crebito.cliente (id, limite) values
 \ir functions/api.transacao.sql
 \ir functions/api.extrato.sql
 \ir functions/api.auditoria.sql
+\ir functions/crebito.semear.sql
 
 \if :{?citus}
 -- Each call runs whole on the worker that holds its client's shard: one round

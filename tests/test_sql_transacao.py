@@ -354,3 +354,34 @@ def test_concorrentes_recebem_numeros_distintos_e_seguidos(stack, db):
     numeros = [n for (n,) in db.execute("select lancamento from crebito.transacao where cliente_id = 4")]
     assert sorted(numeros) == list(range(1, 101))
     assert db.execute("select saldo, ultimo_lancamento from crebito.cliente where id = 4").fetchone() == (100, 100)
+
+
+# -- many accounts ------------------------------------------------------------
+
+
+def test_semear_muitos_clientes_reprodutiveis(api_db, db):
+    assert db.execute("select crebito.semear(1000, 42)").fetchone() == (1005,)
+    # Again: nothing added, nothing changed.
+    assert db.execute("select crebito.semear(1000, 42)").fetchone() == (1005,)
+    limites = db.execute("select id, limite from crebito.cliente order by id").fetchall()
+    assert [i for i, _ in limites] == list(range(1, 1006))
+    assert dict(limites[:5]) == LIMITES
+    assert all(1000 <= lim <= 1000000 and lim % 1000 == 0 for _, lim in limites[5:])
+    assert len({lim for _, lim in limites[5:]}) > 500
+    # The same seed draws the same limits, another seed others.
+    with db.transaction(force_rollback=True):
+        db.execute("delete from crebito.cliente where id > 5")
+        db.execute("select crebito.semear(1000, 42)")
+        assert db.execute("select id, limite from crebito.cliente order by id").fetchall() == limites
+        db.execute("delete from crebito.cliente where id > 5")
+        db.execute("select crebito.semear(1000, 7)")
+        assert db.execute("select id, limite from crebito.cliente order by id").fetchall() != limites
+    # A seeded client is served like any other.
+    limite = dict(limites)[1005]
+    assert transacao(api_db, 1005, pedido(limite, "d", "tudo")) == (200, {"limite": limite, "saldo": -limite})
+    assert transacao(api_db, 1005, pedido(1, "d", "mais"))[0] == 422
+
+
+def test_api_nao_semeia(api_db):
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        api_db.execute("select crebito.semear(1)")
