@@ -44,9 +44,10 @@ import topologia
 
 RAIZ = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CITUS_AUSENTE = (
-    "crebito: Citus is not installed for PostgreSQL {versao}. Where the internet is available, install it from"
-    " Citus's packages (https://packagecloud.io/citusdata/community: apt-get install postgresql-{versao}-citus-13.2);"
-    " otherwise give its build as a tarball: CREBITO_CITUS_TARBALL=/path/citus-....tar.gz bash stack/install.sh"
+    "crebito: Citus is not installed for PostgreSQL {versao}. With the internet, install Citus's own packages"
+    " (curl https://install.citusdata.com/community/deb.sh | sudo bash;"
+    " apt-get install postgresql-{versao}-citus-13.2);"
+    " otherwise, as root: CREBITO_CITUS_TARBALL=/path/citus-13.2.2-pg{versao}-amd64.tar.gz bash stack/install.sh"
 )
 PG_PORTA = str(topologia.PORTA_SOCKET)  # single-node: only names the unix socket
 # The OS users a root launcher runs the API instances and HAProxy as; stack/install.sh creates the first.
@@ -359,8 +360,11 @@ class Stack:
                 return False
 
     def verificar_citus(self):
-        saida = subprocess.run([f"{self.bin}/pg_config", "--pkglibdir"], capture_output=True, text=True)
-        pkglib = saida.stdout.strip() or os.path.join(os.path.dirname(self.bin), "lib")
+        # Debian's layout (.../15/bin beside .../15/lib) unless pg_config says otherwise.
+        pkglib = os.path.join(os.path.dirname(self.bin), "lib")
+        if os.path.exists(f"{self.bin}/pg_config"):
+            saida = subprocess.run([f"{self.bin}/pg_config", "--pkglibdir"], capture_output=True, text=True)
+            pkglib = saida.stdout.strip() or pkglib
         if not os.path.exists(os.path.join(pkglib, "citus.so")):
             sys.exit(CITUS_AUSENTE.format(versao=os.path.basename(os.path.dirname(self.bin))))
 
