@@ -25,6 +25,7 @@ declare
     anterior record;
     lancamento_novo bigint;
     problema text;
+    agora timestamptz;
 begin
     if jsonb_typeof(pedido -> 'valor') = 'number' then
         numero := (pedido ->> 'valor')::numeric;
@@ -91,8 +92,12 @@ begin
     end if;
 
     if found then
-        insert into crebito.transacao (cliente_id, lancamento, valor, tipo, descricao)
-        values (cliente, lancamento_novo, pedido_valor, pedido_tipo::"char", pedido_descricao);
+        -- The time is taken here, under the row lock, not by the column's
+        -- default: on a cluster a statement without volatile functions keeps
+        -- its plan from call to call, and this one is on every request.
+        agora := clock_timestamp();
+        insert into crebito.transacao (cliente_id, lancamento, valor, tipo, descricao, realizada_em)
+        values (cliente, lancamento_novo, pedido_valor, pedido_tipo::"char", pedido_descricao, agora);
         status := 200;
         resposta := '{"limite":' || limite_cliente || ',"saldo":' || saldo_novo || '}';
     else
