@@ -1,9 +1,15 @@
 # crebito: `make run` serves the API on :9999; `make test` runs every test.
 PY := .venv/bin/python
+# Workers of the distributed topology started by `make citus`.
+CREBITO_CITUS_WORKERS ?= 2
 
-.PHONY: run reset test lint auditoria
+.PHONY: run citus reset test lint auditoria
 run: .venv/.installed
 	$(PY) stack/launcher.py
+
+# The same API on a Citus cluster: a coordinator and CREBITO_CITUS_WORKERS workers.
+citus: .venv/.installed
+	CREBITO_CITUS_WORKERS=$(CREBITO_CITUS_WORKERS) $(PY) stack/launcher.py
 
 # Starts with the database back at the five initial clients.
 reset: .venv/.installed

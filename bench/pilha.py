@@ -146,7 +146,8 @@ def porta_livre():
 class Pilha:
     """A native stack in a fresh data directory, started by stack/launcher.py."""
 
-    def __init__(self, porta=None, pg_conf=None, workers=None):
+    def __init__(self, porta=None, pg_conf=None, workers=None, citus_workers=0):
+        self.citus_workers = citus_workers
         self.var = tempfile.mkdtemp(prefix="crebito-bench-")
         os.chmod(self.var, 0o755)  # PostgreSQL runs as `postgres` when we are root
         self.porta = porta or porta_livre()
@@ -171,6 +172,7 @@ class Pilha:
             env["CREBITO_PG_CONF"] = os.path.abspath(self.pg_conf)
         if self.workers:
             env["CREBITO_WORKERS"] = str(self.workers)
+        env["CREBITO_CITUS_WORKERS"] = str(self.citus_workers)
         self.log = open(os.path.join(self.var, "stack.log"), "w")
         # A SIGTERM to the tool (kill, a timeout) unwinds like Ctrl-C, so the
         # code that stops this stack and removes its cgroups still runs.
@@ -206,9 +208,16 @@ class Pilha:
         tabela = tabela if tabela is not None else processos()
         return {nome: arvore(self.pid(nome), tabela) for nome in COMPONENTES}
 
-    def pg(self):
-        """Arguments for psql/pgbench to reach the database."""
-        return ["-h", os.path.join(self.var, "pgrun"), "-p", "5432", "-U", "postgres", "-d", "crebito"]
+    def nos(self):
+        """The database nodes the launcher recorded: coordinator (or the only node) first."""
+        with open(os.path.join(self.var, "topologia.json")) as f:
+            return json.load(f)["nos"]
+
+    def pg(self, no=None):
+        """Arguments for psql/pgbench to reach the database (a node by name,
+        default the coordinator or the only node), through its unix socket."""
+        n = next(n for n in self.nos() if n["nome"] == no) if no else self.nos()[0]
+        return ["-h", n["pgrun"], "-p", str(n["porta"]), "-U", "postgres", "-d", "crebito"]
 
     def parar(self, guardar_log=None):
         if self.launcher is not None and self.launcher.poll() is None:

@@ -17,6 +17,12 @@ begin
 end
 $$;
 
+\if :{?citus}
+-- Citus creates the shards on the workers as their owner, over TCP, so the
+-- owner must log in there (with the password the launcher gave it).
+alter role crebito login;
+\endif
+
 -- Tables live in `crebito`; the API role sees only the functions in `api`.
 create schema crebito authorization crebito;
 create schema api authorization crebito;
@@ -27,22 +33,27 @@ create table crebito.cliente (
     id integer primary key,
     limite bigint not null check (limite >= 0),
     saldo bigint not null default 0,
+    -- The number of the client's newest ledger entry, taken in the same UPDATE
+    -- that takes the row lock, so entries are numbered 1, 2, 3... in the order
+    -- they changed the balance, on whichever node the client's rows live.
+    ultimo_lancamento bigint not null default 0 check (ultimo_lancamento >= 0),
     -- The last line of defence: even a bug in a function cannot overdraw.
     constraint saldo_dentro_do_limite check (saldo >= -limite)
 );
 
--- The ledger. `id` orders one client's transactions in the order their row
--- locks were taken, which is the order in which they changed the balance.
+-- The ledger, keyed by client and entry number: a client's rows sit together
+-- in one index (and on one node when sharded), and its newest ten are the
+-- last ten keys of that index. The number, not a sequence, gives the order: a
+-- sequence draws from a different range on each node of a cluster.
 create table crebito.transacao (
-    id bigint generated always as identity primary key,
     cliente_id integer not null references crebito.cliente (id),
+    lancamento bigint not null check (lancamento > 0),
     valor bigint not null check (valor > 0),
     tipo "char" not null check (tipo in ('c', 'd')),
     descricao text not null check (char_length(descricao) between 1 and 10),
-    realizada_em timestamptz not null default clock_timestamp()
+    realizada_em timestamptz not null default clock_timestamp(),
+    constraint transacao_pkey primary key (cliente_id, lancamento)
 );
-
-create index transacao_cliente_recentes on crebito.transacao (cliente_id, id desc);
 
 -- Idempotency keys, written in the same transaction as the ledger row, so the
 -- stored answer exists exactly when the transaction does.
@@ -52,9 +63,20 @@ create table crebito.idempotencia (
     pedido jsonb not null,
     status smallint not null,
     resposta text not null,
-    transacao_id bigint references crebito.transacao (id),
-    primary key (cliente_id, chave)
+    -- The entry the key created, if any; it belongs to the key's own client.
+    lancamento bigint,
+    primary key (cliente_id, chave),
+    constraint idempotencia_lancamento_fkey foreign key (cliente_id, lancamento)
+    references crebito.transacao (cliente_id, lancamento)
 );
+
+\if :{?citus}
+-- Distributed load: every table sharded by client id, the shards of one
+-- client colocated, so all of a client's rows live on one worker.
+select create_distributed_table('crebito.cliente', 'id');
+select create_distributed_table('crebito.transacao', 'cliente_id', colocate_with => 'crebito.cliente');
+select create_distributed_table('crebito.idempotencia', 'cliente_id', colocate_with => 'crebito.cliente');
+\endif
 
 insert into crebito.cliente (id, limite) values
 (1, 100000),
@@ -71,6 +93,15 @@ insert into crebito.cliente (id, limite) values
 \ir functions/api.confirmar.sql
 \ir functions/api.extrato.sql
 \ir functions/api.auditoria.sql
+\ir functions/crebito.semear.sql
+
+\if :{?citus}
+-- Each call runs whole on the worker that holds its client's shard: one round
+-- trip, one local transaction there. (Citus already copied the helpers they
+-- call to every node when they were created.)
+select create_distributed_function('api.transacao(integer,text,text)', 'cliente', colocate_with => 'crebito.cliente');
+select create_distributed_function('api.extrato(integer)', 'cliente', colocate_with => 'crebito.cliente');
+\endif
 
 -- Least privilege, PostgREST style: the API role may only EXECUTE the
 -- functions of `api`. They run as their owner, `crebito` (SECURITY DEFINER).

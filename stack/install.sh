@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Installs what crebito needs: the Debian packages (when missing and running as
 # root; otherwise it names them) and the Python environment in .venv.
+# With CREBITO_CITUS_TARBALL=/path/citus-....tar.gz (a build of Citus's `make
+# install`, relative to /), also Citus for the distributed topology, and a
+# postgresql-15 recent enough for that build (15.20 or later).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,6 +35,24 @@ fi
 # reach the database only as crebito_api (HAProxy's user comes with its package).
 if [ "$(id -u)" = 0 ] && ! id crebito-api >/dev/null 2>&1; then
     useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin crebito-api
+fi
+
+if [ -n "${CREBITO_CITUS_TARBALL:-}" ]; then
+    if [ "$(id -u)" != 0 ]; then
+        echo "crebito: installing Citus from $CREBITO_CITUS_TARBALL needs root" >&2
+        exit 1
+    fi
+    [ -f "$CREBITO_CITUS_TARBALL" ] || { echo "crebito: no such file: $CREBITO_CITUS_TARBALL" >&2; exit 1; }
+    # The build links against PostgreSQL 15.20's server: an older 15 is upgraded.
+    versao=$(dpkg-query -W -f '${Version}' postgresql-15 2>/dev/null || true)
+    if [ -z "$versao" ] || dpkg --compare-versions "$versao" lt 15.20; then
+        echo "crebito: installing postgresql-15 >= 15.20 for Citus"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            postgresql-15 postgresql-client-15 libcurl4 liblz4-1 libzstd1 >/dev/null
+    fi
+    tar -C / -xzf "$CREBITO_CITUS_TARBALL"
+    echo "crebito: Citus installed from $CREBITO_CITUS_TARBALL"
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv

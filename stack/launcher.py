@@ -1,10 +1,13 @@
 """Starts and supervises crebito's native stack in the foreground.
 
 PostgreSQL (a private cluster under the data directory), two API instances
-(server.py) and HAProxy on :9999. Whatever dies is started again; Ctrl-C or
-SIGTERM stops everything cleanly. Started as root, nothing it starts stays
-root: PostgreSQL runs as `postgres`, the API instances as `crebito-api` and
-HAProxy as `haproxy`, each switching user once its socket is bound. `--reset` wipes the data first, so the
+(server.py) and HAProxy on :9999; with CREBITO_CITUS_WORKERS=N, a Citus
+coordinator and N workers instead of the one cluster (stack/topologia.py), the
+API instances connected straight to the workers. Whatever dies is started
+again; Ctrl-C or SIGTERM stops everything cleanly. Started as root, nothing it
+starts stays root: PostgreSQL runs as `postgres`, the API instances as
+`crebito-api` and HAProxy as `haproxy`, each switching user once its socket is
+bound. `--reset` wipes the data first, so the
 database holds only the five initial clients again. `--auditoria` starts
 nothing: it checks the running stack's books with api.auditoria() and exits
 non-zero when they show a violation.
@@ -17,9 +20,13 @@ Environment:
     CREBITO_WORKERS   workers per API instance (default 3)
     CREBITO_PG_BIN    directory of PostgreSQL's binaries (default: found)
     CREBITO_PG_CONF   extra postgresql.conf settings file, included last
+    CREBITO_CITUS_WORKERS  Citus workers of a new data directory (default 0:
+                      single-node); an existing one keeps the topology it has
+    CREBITO_CITUS_PORT     first TCP port of the Citus nodes (default: free ports)
 """
 
 import argparse
+import contextlib
 import fcntl
 import glob
 import http.client
@@ -32,8 +39,17 @@ import subprocess
 import sys
 import time
 
+import segredos
+import topologia
+
 RAIZ = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PG_PORTA = "5432"  # only names the unix socket; the cluster listens on no TCP port
+CITUS_AUSENTE = (
+    "crebito: Citus is not installed for PostgreSQL {versao}. With the internet, install Citus's own packages"
+    " (curl https://install.citusdata.com/community/deb.sh | sudo bash;"
+    " apt-get install postgresql-{versao}-citus-13.2);"
+    " otherwise, as root: CREBITO_CITUS_TARBALL=/path/citus-13.2.2-pg{versao}-amd64.tar.gz bash stack/install.sh"
+)
+PG_PORTA = str(topologia.PORTA_SOCKET)  # single-node: only names the unix socket
 # The OS users a root launcher runs the API instances and HAProxy as; stack/install.sh creates the first.
 USUARIO_API = "crebito-api"
 USUARIO_HAPROXY = "haproxy"
@@ -57,10 +73,10 @@ def pg_bin():
 
 
 class Stack:
-    def __init__(self, var):
+    def __init__(self, var, nos):
         self.var = os.path.abspath(var)
-        self.pgdata = os.path.join(self.var, "pgdata")
-        self.pgrun = os.path.join(self.var, "pgrun")
+        self.nos = nos
+        self.citus = len(nos) > 1
         self.sock = os.path.join(self.var, "sock")
         self.bin = pg_bin()
         self.porta = os.environ.get("CREBITO_PORT", "9999")
@@ -100,22 +116,23 @@ class Stack:
         os.chown(caminho, pwd.getpwnam(usuario).pw_uid, pwd.getpwnam(grupo or usuario).pw_gid)
         os.chmod(caminho, modo)
 
-    def preparar_cluster(self):
+    def preparar_cluster(self, no):
         # Other local users must reach neither the database's socket nor the
         # API's: only the API's user may enter pgrun, only HAProxy's sock.
         os.makedirs(self.var, exist_ok=True)
         if self.usuario is not None:
             self._dono(self.var, self.usuario)
-        self._dono(self.pgrun, self.usuario, self.usuario_api, 0o750)
+            self._dono(os.path.dirname(no.pgdata), self.usuario)
+        self._dono(no.pgrun, self.usuario, self.usuario_api, 0o750)
         self._dono(self.sock, self.usuario_api, self.usuario_haproxy, 0o750)
-        if os.path.exists(os.path.join(self.pgdata, "PG_VERSION")):
+        if os.path.exists(os.path.join(no.pgdata, "PG_VERSION")):
             return False
-        log(f"creating the PostgreSQL cluster in {self.pgdata}")
+        log(f"creating the PostgreSQL cluster in {no.pgdata}")
         subprocess.run(
             [
                 f"{self.bin}/initdb",
                 "-D",
-                self.pgdata,
+                no.pgdata,
                 "-U",
                 "postgres",
                 # Replaced by configurar() before the first start; never trust.
@@ -131,27 +148,33 @@ class Stack:
             cwd="/",
             **self._como_postgres(),
         )
-        with open(os.path.join(self.pgdata, "postgresql.conf"), "a") as conf:
+        with open(os.path.join(no.pgdata, "postgresql.conf"), "a") as conf:
             conf.write("\ninclude 'crebito.conf'\n")
         return True
 
-    def configurar(self):
+    def configurar(self, no):
         """Copies the project's settings into the cluster on every start, so an
         edit of stack/postgresql.conf applies on restart and the server never
-        needs to read the project directory."""
+        needs to read the project directory. The topology adds only where the
+        node listens and, on a Citus node, the extension."""
         with open(os.path.join(RAIZ, "stack", "postgresql.conf")) as f:
             texto = f.read()
-        texto += f"unix_socket_directories = '{self.pgrun}'\n"
+        texto += f"unix_socket_directories = '{no.pgrun}'\n"
+        if no.tcp:
+            texto += f"listen_addresses = '127.0.0.1'\nport = {no.porta}\nshared_preload_libraries = 'citus'\n"
         extra = os.environ.get("CREBITO_PG_CONF")
         if extra:
             with open(extra) as f:
                 texto += f.read()
-        self._escrever_no_cluster("crebito.conf", texto)
-        self._escrever_no_cluster(
-            "pg_hba.conf",
-            "# Written by stack/launcher.py: the unix socket only, by OS user.\nlocal all all peer map=crebito\n",
-        )
-        self._escrever_no_cluster("pg_ident.conf", self.mapa_de_usuarios())
+        self._escrever_no_cluster(no, "crebito.conf", texto)
+        hba = "# Written by stack/launcher.py: the unix socket by OS user"
+        if no.tcp:
+            # Citus's nodes talk over TCP: a password, never trust.
+            hba += "; 127.0.0.1 with a password.\nhost all all 127.0.0.1/32 scram-sha-256\n"
+        else:
+            hba += " only.\n"
+        self._escrever_no_cluster(no, "pg_hba.conf", hba + "local all all peer map=crebito\n")
+        self._escrever_no_cluster(no, "pg_ident.conf", self.mapa_de_usuarios())
 
     def mapa_de_usuarios(self):
         """pg_ident.conf: which OS user may connect as which role. The API's
@@ -161,49 +184,98 @@ class Stack:
             pares.append((self.usuario_api, "crebito_api"))
         return "".join(f"crebito {so} {papel}\n" for so, papel in dict.fromkeys(pares))
 
-    def _escrever_no_cluster(self, nome, texto):
-        destino = os.path.join(self.pgdata, nome)
+    def _escrever_no_cluster(self, no, nome, texto):
+        destino = os.path.join(no.pgdata, nome)
         with open(destino, "w") as f:
             f.write(texto)
         if self.usuario is not None:
             info = pwd.getpwnam(self.usuario)
             os.chown(destino, info.pw_uid, info.pw_gid)
 
-    def psql(self, *args, banco="crebito"):
-        cmd = [f"{self.bin}/psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", self.pgrun, "-p", PG_PORTA]
-        subprocess.run([*cmd, "-U", "postgres", "-d", banco, *args], check=True, cwd=RAIZ)
+    def psql(self, no, *args, banco="crebito", entrada=None):
+        cmd = [f"{self.bin}/psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", no.pgrun, "-p", str(no.porta)]
+        subprocess.run([*cmd, "-U", "postgres", "-d", banco, *args], check=True, cwd=RAIZ, input=entrada, text=True)
+
+    def montar_cluster(self):
+        """Citus: the extension on every node, passwords for the roles that
+        connect between nodes, the workers added to the coordinator, all
+        before the schema is loaded, so the shards land on the workers."""
+        coordenador = topologia.coordenador(self.nos)
+        senhas = segredos.ler(self.var)
+        for no in self.nos:
+            self.psql(no, "-c", "create database crebito", banco="postgres")
+            self.psql(no, "-c", "create extension citus")
+            # On stdin, so the password shows in no process list.
+            self.psql(no, entrada=f"alter role postgres password '{senhas['postgres']}';")
+        self.psql(coordenador, "-c", f"select citus_set_coordinator_host('127.0.0.1', {coordenador.porta})")
+        for no in topologia.workers(self.nos):
+            self.psql(coordenador, "-c", f"select citus_add_node('127.0.0.1', {no.porta})")
+        # Created on the coordinator, the roles and their passwords reach every worker.
+        self.psql(
+            coordenador,
+            entrada=f"create role crebito nologin password '{senhas['crebito']}';\n"
+            f"create role crebito_api login password '{senhas['crebito_api']}';\n",
+        )
 
     def carregar_schema(self):
         log("loading db/schema.sql")
-        self.psql("-c", "create database crebito", banco="postgres")
-        self.psql("-f", "db/schema.sql")
+        no = topologia.coordenador(self.nos)
+        if self.citus:
+            self.montar_cluster()
+            self.psql(no, "-v", "citus=1", "-f", "db/schema.sql")
+        else:
+            self.psql(no, "-c", "create database crebito", banco="postgres")
+            self.psql(no, "-f", "db/schema.sql")
 
-    def esperar_postgres(self, limite=30):
+    def esperar_postgres(self, no, limite=30):
         fim = time.monotonic() + limite
         while time.monotonic() < fim:
             pronto = subprocess.run(
-                [f"{self.bin}/pg_isready", "-q", "-h", self.pgrun, "-p", PG_PORTA, "-U", "postgres", "-d", "postgres"],
+                [f"{self.bin}/pg_isready", "-q", "-h", no.pgrun, "-p", str(no.porta), "-U", "postgres"]
+                + ["-d", "postgres"],
                 stdout=subprocess.DEVNULL,
             )
             if pronto.returncode == 0:
                 return
-            if self.processos["postgres"][0].poll() is not None:
+            if self.processos[no.nome][0].poll() is not None:
                 break
             time.sleep(0.05)
-        raise RuntimeError("PostgreSQL did not start")
+        raise RuntimeError(f"PostgreSQL ({no.nome}) did not start")
+
+    def conninfo_api(self, nome):
+        """api01 -> worker 1, api02 -> worker 2 (the one worker when there is
+        one), then the other workers: any worker takes any client's call and
+        hands it to the client's node, so while one worker is down the
+        instance reconnects to another and only that worker's clients fail.
+        Single-node: the cluster's socket."""
+        if not self.citus:
+            no = self.nos[0]
+            return f"host={no.pgrun} port={no.porta} dbname=crebito user=crebito_api"
+        ws = topologia.workers(self.nos)
+        i = (int(nome[-1]) - 1) % len(ws)
+        portas = ",".join(str(no.porta) for no in ws[i:] + ws[:i])
+        hosts = ",".join("127.0.0.1" for _ in ws)
+        return f"host={hosts} port={portas} dbname=crebito user=crebito_api passfile={segredos.arquivo_api(self.var)}"
 
     # -- processes ----------------------------------------------------------
 
     def _comando(self, nome):
-        if nome == "postgres":
-            return [f"{self.bin}/postgres", "-D", self.pgdata], self._como_postgres(), None
+        no = next((n for n in self.nos if n.nome == nome), None)
+        if no is not None:
+            env = None
+            if self.citus:
+                # Citus's connections to the other nodes find their passwords
+                # here, and libpq its client files in the server user's home.
+                env = dict(os.environ, PGPASSFILE=segredos.arquivo_nos(self.var))
+                if self.usuario is not None:
+                    env["HOME"] = pwd.getpwnam(self.usuario).pw_dir
+            return [f"{self.bin}/postgres", "-D", no.pgdata], self._como_postgres(), env
         if nome in ("api01", "api02"):
             env = dict(
                 os.environ,
                 CREBITO_LISTEN=f"unix:{self.sock}/{nome}.sock",
                 CREBITO_WORKERS=self.workers,
-                DATABASE_URL=f"host={self.pgrun} port={PG_PORTA} dbname=crebito user=crebito_api "
-                "application_name=crebito connect_timeout=2",
+                DATABASE_URL=f"{self.conninfo_api(nome)} application_name=crebito connect_timeout=2",
             )
             return [sys.executable, os.path.join(RAIZ, "server.py")], {}, self._como(env, self.usuario_api)
         env = dict(
@@ -248,12 +320,10 @@ class Stack:
         self.parando = True
         log("stopping")
         # Front to back: no new requests, then the workers, then the database.
-        for nome, sinal in (
-            ("haproxy", signal.SIGTERM),
-            ("api01", signal.SIGTERM),
-            ("api02", signal.SIGTERM),
-            ("postgres", signal.SIGINT),
-        ):
+        ordem = [("haproxy", signal.SIGTERM), ("api01", signal.SIGTERM), ("api02", signal.SIGTERM)]
+        # Workers before the coordinator, which would otherwise keep reconnecting to them.
+        ordem += [(no.nome, signal.SIGINT) for no in reversed(self.nos)]
+        for nome, sinal in ordem:
             if nome not in self.processos:
                 continue
             proc = self.processos[nome][0]
@@ -289,12 +359,29 @@ class Stack:
             except OSError:
                 return False
 
+    def verificar_citus(self):
+        # Debian's layout (.../15/bin beside .../15/lib) unless pg_config says otherwise.
+        pkglib = os.path.join(os.path.dirname(self.bin), "lib")
+        if os.path.exists(f"{self.bin}/pg_config"):
+            saida = subprocess.run([f"{self.bin}/pg_config", "--pkglibdir"], capture_output=True, text=True)
+            pkglib = saida.stdout.strip() or pkglib
+        if not os.path.exists(os.path.join(pkglib, "citus.so")):
+            sys.exit(CITUS_AUSENTE.format(versao=os.path.basename(os.path.dirname(self.bin))))
+
     def rodar(self):
         t0 = time.monotonic()
-        novo = self.preparar_cluster()
-        self.configurar()
-        self.iniciar("postgres")
-        self.esperar_postgres()
+        if self.citus:
+            self.verificar_citus()
+        novo = False
+        for no in self.nos:
+            novo = self.preparar_cluster(no) or novo
+            self.configurar(no)
+        if self.citus and not os.path.exists(segredos.arquivo_nos(self.var)):
+            segredos.gerar(self.var, self.usuario, self.usuario_api)
+        for no in self.nos:
+            self.iniciar(no.nome)
+        for no in self.nos:
+            self.esperar_postgres(no)
         if novo:
             self.carregar_schema()
         for nome in ("api01", "api02"):
@@ -330,11 +417,12 @@ def auditar(var):
     """`make auditoria`: prints each violation api.auditoria() finds in the
     running cluster's books, one per line; exits 1 if there is any, 2 if the
     database could not be asked."""
-    stack = Stack(var)
+    nos = topologia.ler(var) or topologia.nos(var, 0, [])
+    no = topologia.coordenador(nos)
     consulta = "select cliente, violacao from api.auditoria() order by cliente, violacao"
     r = subprocess.run(
-        [f"{stack.bin}/psql", "-X", "-q", "-A", "-t", "-F", " | ", "-v", "ON_ERROR_STOP=1", "-h", stack.pgrun]
-        + ["-p", PG_PORTA, "-U", "postgres", "-d", "crebito", "-c", consulta],
+        [f"{pg_bin()}/psql", "-X", "-q", "-A", "-t", "-F", " | ", "-v", "ON_ERROR_STOP=1", "-h", no.pgrun]
+        + ["-p", str(no.porta), "-U", "postgres", "-d", "crebito", "-c", consulta],
         capture_output=True,
         text=True,
     )
@@ -357,6 +445,34 @@ def travar(var):
     return trava
 
 
+def escolher_topologia(var):
+    """The nodes for this start: those recorded in `var`, which must be the
+    ones asked for (CREBITO_CITUS_WORKERS, default 0), or new ones."""
+    pedidos = int(os.environ.get("CREBITO_CITUS_WORKERS") or 0)
+    nos = topologia.ler(var)
+    if nos is None and os.path.exists(os.path.join(var, "pgdata", "PG_VERSION")):
+        nos = topologia.nos(var, 0, [])
+    if nos is None:
+        base = os.environ.get("CREBITO_CITUS_PORT")
+        return topologia.definir(var, pedidos, int(base) if base else None)
+    existentes = len(topologia.workers(nos))
+    if existentes != pedidos:
+        tem = f"a Citus stack with {existentes} workers" if existentes else "a single-node stack"
+        sys.exit(
+            f"crebito: {var} holds {tem}; start it with CREBITO_CITUS_WORKERS={existentes} or remove it with --reset"
+        )
+    return nos
+
+
+def apagar(var):
+    """--reset: every node's data, the topology and the passwords."""
+    log(f"reset: removing the databases in {var}")
+    for nome in ["pgdata", "segredos", *(n.nome for n in topologia.ler(var) or [])]:
+        shutil.rmtree(os.path.join(var, nome), ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(var, "topologia.json"))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     acao = ap.add_mutually_exclusive_group()
@@ -368,9 +484,8 @@ def main():
         auditar(var)
     _trava = travar(var)  # held until the process exits
     if args.reset:
-        log(f"reset: removing {var}/pgdata")
-        shutil.rmtree(os.path.join(var, "pgdata"), ignore_errors=True)
-    stack = Stack(var)
+        apagar(var)
+    stack = Stack(var, escolher_topologia(var))
     # Both set explicitly: a shell that starts us in the background leaves SIGINT ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)

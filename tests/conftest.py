@@ -1,7 +1,11 @@
 """Fixtures: one real native stack (PostgreSQL, two bjoern instances, HAProxy)
 per test session, in a temporary data directory on a free port, started by
 the same launcher as `make run`. Each test starts from the five initial
-clients with balance 0."""
+clients with balance 0.
+
+A module marked `citus` runs its tests on both topologies: the single-node
+stack and a Citus stack (coordinator and two workers, CREBITO_CITUS_WORKERS=2);
+a test in it marked `unico` runs on the single-node one only."""
 
 import contextlib
 import json
@@ -46,8 +50,21 @@ class Stack:
     workers: int
     launcher: subprocess.Popen
 
-    def dsn(self, user="postgres"):
-        return f"host={self.var}/pgrun port=5432 dbname=crebito user={user}"
+    @property
+    def nos(self):
+        """The database nodes the launcher recorded (stack/topologia.py):
+        [{nome, papel, pgdata, pgrun, porta}], coordinator (or only node) first."""
+        with open(os.path.join(self.var, "topologia.json")) as f:
+            return json.load(f)["nos"]
+
+    @property
+    def citus(self):
+        return len(self.nos) > 1
+
+    def dsn(self, user="postgres", no=None):
+        """Through the unix socket of a node (default: the coordinator, or the only node)."""
+        n = next(n for n in self.nos if n["nome"] == no) if no else self.nos[0]
+        return f"host={n['pgrun']} port={n['porta']} dbname=crebito user={user}"
 
     def pid(self, nome):
         """The pid the launcher recorded for postgres, api01, api02 or haproxy."""
@@ -94,13 +111,20 @@ class Stack:
 
 
 @contextlib.contextmanager
-def stack_temporaria(workers, prefixo="crebito-test-"):
+def stack_temporaria(workers, prefixo="crebito-test-", citus_workers=0):
     """A native stack started by the launcher in a new temporary directory on a
-    free port; stopped and removed afterwards (kept when CREBITO_MANTER=1, for a
-    post-mortem of its stack.log)."""
+    free port (with `citus_workers` Citus workers, or single-node); stopped and
+    removed afterwards (kept when CREBITO_MANTER=1, for a post-mortem of its
+    stack.log)."""
     var = tempfile.mkdtemp(prefix=prefixo)
     os.chmod(var, 0o755)
-    env = dict(os.environ, CREBITO_VAR=var, CREBITO_PORT=str(porta_livre()), CREBITO_WORKERS=str(workers))
+    env = dict(
+        os.environ,
+        CREBITO_VAR=var,
+        CREBITO_PORT=str(porta_livre()),
+        CREBITO_WORKERS=str(workers),
+        CREBITO_CITUS_WORKERS=str(citus_workers),
+    )
     log = open(os.path.join(var, "stack.log"), "w")
     launcher = subprocess.Popen(
         [sys.executable, os.path.join(RAIZ, "stack", "launcher.py")], env=env, stdout=log, stderr=subprocess.STDOUT
@@ -120,16 +144,42 @@ def stack_temporaria(workers, prefixo="crebito-test-"):
             subprocess.run(["rm", "-rf", var], check=False)
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "citus: run the module's tests on the single-node and the Citus stack")
+    config.addinivalue_line("markers", "unico: in a `citus` module, run this test on the single-node stack only")
+
+
+def pytest_generate_tests(metafunc):
+    if "topologia" not in metafunc.fixturenames or not metafunc.definition.get_closest_marker("citus"):
+        return
+    if metafunc.definition.get_closest_marker("unico"):
+        return
+    metafunc.parametrize("topologia", ["unico", "citus"], indirect=True, scope="session")
+
+
 @pytest.fixture(scope="session")
-def stack():
-    with stack_temporaria(workers=2) as s:
+def topologia(request):
+    return getattr(request, "param", "unico")
+
+
+@pytest.fixture(scope="session")
+def stack(topologia):
+    with stack_temporaria(workers=2, citus_workers=2 if topologia == "citus" else 0) as s:
         yield s
 
 
 def zerar(stack):
     with psycopg.connect(stack.dsn(), autocommit=True) as conn:
-        conn.execute("truncate crebito.idempotencia, crebito.transacao restart identity")
-        conn.execute("update crebito.cliente set saldo = 0")
+        if stack.citus:
+            # A few rows per test: deleting them is much faster on a cluster
+            # than a TRUNCATE, which rewrites every shard on every node.
+            conn.execute("delete from crebito.idempotencia")
+            conn.execute("delete from crebito.transacao")
+        else:
+            conn.execute("truncate crebito.idempotencia, crebito.transacao")
+        # Only the five initial clients: a test may have seeded more.
+        conn.execute("delete from crebito.cliente where id > 5")
+        conn.execute("update crebito.cliente set saldo = 0, ultimo_lancamento = 0")
 
 
 @pytest.fixture

@@ -9,8 +9,12 @@ import os
 import subprocess
 import sys
 
+import psycopg
 import pytest
 from conftest import RAIZ
+
+# On the single-node and the Citus stack (conftest.py).
+pytestmark = pytest.mark.citus
 
 
 def auditar(db):
@@ -21,15 +25,21 @@ def auditar(db):
 def corromper(db):
     """The superuser connection inside a transaction that is always rolled back."""
     with db.transaction(force_rollback=True):
+        # As the tables' owner, the role api.auditoria() reads them as: on a
+        # cluster, a transaction may not read shards another role changed in it.
+        db.execute("set local role crebito")
         yield db
     assert auditar(db) == set()
 
 
 def inserir(db, cliente, valor, tipo, descricao="x", realizada_em="now()"):
+    """Appends an entry numbered as api.transacao numbers it; returns its number."""
     return db.execute(
-        "insert into crebito.transacao (cliente_id, valor, tipo, descricao, realizada_em)"
-        f" values (%s, %s, %s, %s, {realizada_em}) returning id",
-        [cliente, valor, tipo, descricao],
+        "with c as (update crebito.cliente set ultimo_lancamento = ultimo_lancamento + 1 where id = %s"
+        " returning ultimo_lancamento)"
+        " insert into crebito.transacao (cliente_id, lancamento, valor, tipo, descricao, realizada_em)"
+        f" select %s, c.ultimo_lancamento, %s, %s, %s, {realizada_em} from c returning lancamento",
+        [cliente, cliente, valor, tipo, descricao],
     ).fetchone()[0]
 
 
@@ -97,16 +107,16 @@ def test_transacao_fora_de_ordem(corromper):
     assert auditar(corromper) == {(3, f"transacao {t} fora de ordem no tempo")}
 
 
-def guardar_chave(db, cliente, chave, status, transacao_id):
+def guardar_chave(db, cliente, chave, status, lancamento):
     db.execute(
-        "insert into crebito.idempotencia (cliente_id, chave, pedido, status, resposta, transacao_id)"
+        "insert into crebito.idempotencia (cliente_id, chave, pedido, status, resposta, lancamento)"
         " values (%s, %s, '{}', %s, '{}', %s)",
-        [cliente, chave, status, transacao_id],
+        [cliente, chave, status, lancamento],
     )
 
 
 def test_chave_apontando_para_transacao_inexistente(corromper):
-    corromper.execute("alter table crebito.idempotencia drop constraint idempotencia_transacao_id_fkey")
+    corromper.execute("alter table crebito.idempotencia drop constraint idempotencia_lancamento_fkey")
     guardar_chave(corromper, 1, "orfa", 200, 999999)
     assert auditar(corromper) == {(1, "chave orfa aponta para transacao inexistente")}
 
@@ -122,11 +132,30 @@ def test_chave_recusada_sem_transacao_e_normal(corromper):
     assert auditar(corromper) == set()
 
 
-def test_chave_apontando_para_transacao_de_outro_cliente(corromper):
+def test_chave_nao_alcanca_transacao_de_outro_cliente(corromper):
+    # The key's reference holds its own client id: entry 1 of client 4 is not
+    # entry 1 of client 1, so the key is refused, and reported once forced in.
     t = inserir(corromper, 4, 10, "c")
     corromper.execute("update crebito.cliente set saldo = 10 where id = 4")
+    with pytest.raises(psycopg.errors.ForeignKeyViolation), corromper.transaction():
+        guardar_chave(corromper, 1, "alheia", 200, t)
+    corromper.execute("alter table crebito.idempotencia drop constraint idempotencia_lancamento_fkey")
     guardar_chave(corromper, 1, "alheia", 200, t)
-    assert auditar(corromper) == {(1, f"chave alheia aponta para transacao {t} do cliente 4")}
+    assert auditar(corromper) == {(1, "chave alheia aponta para transacao inexistente")}
+
+
+def test_lancamento_pulado(corromper):
+    inserir(corromper, 2, 10, "c")
+    corromper.execute("update crebito.transacao set lancamento = 3 where cliente_id = 2")
+    corromper.execute("update crebito.cliente set saldo = 10, ultimo_lancamento = 3 where id = 2")
+    assert auditar(corromper) == {(2, "lancamentos 1 numerados ate 3, ultimo_lancamento 3")}
+
+
+def test_ultimo_lancamento_atrasado(corromper):
+    inserir(corromper, 3, 10, "c")
+    inserir(corromper, 3, 5, "d")
+    corromper.execute("update crebito.cliente set saldo = 5, ultimo_lancamento = 1 where id = 3")
+    assert auditar(corromper) == {(3, "lancamentos 2 numerados ate 2, ultimo_lancamento 1")}
 
 
 def test_chave_recusada_apontando_para_transacao(corromper):

@@ -6,7 +6,11 @@ import random
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from conftest import LIMITES
+
+# On the single-node and the Citus stack (conftest.py).
+pytestmark = pytest.mark.citus
 
 THREADS = 40
 

@@ -293,16 +293,16 @@ def test_nada_perdido_nada_duplicado(pilha, capsys):
         livro = {
             (cliente, chave): (st, resposta, tid, existe)
             for cliente, chave, st, resposta, tid, existe in db.execute(
-                "select i.cliente_id, i.chave, i.status, i.resposta, i.transacao_id,"
+                "select i.cliente_id, i.chave, i.status, i.resposta, i.lancamento,"
                 " exists (select from crebito.transacao as t"
-                " where t.id = i.transacao_id and t.cliente_id = i.cliente_id)"
+                " where t.lancamento = i.lancamento and t.cliente_id = i.cliente_id)"
                 " from crebito.idempotencia as i"
             )
         }
         linhas_do_livro = db.execute("select count(*) from crebito.transacao").fetchone()[0]
         duplicadas = db.execute(
-            "select count(*) from (select transacao_id from crebito.idempotencia"
-            " where transacao_id is not null group by transacao_id having count(*) > 1) as d"
+            "select count(*) from (select cliente_id, lancamento from crebito.idempotencia"
+            " where lancamento is not null group by cliente_id, lancamento having count(*) > 1) as d"
         ).fetchone()[0]
         violacoes = db.execute("select cliente, violacao from api.auditoria()").fetchall()
         saldos = dict(db.execute("select id, saldo from crebito.cliente").fetchall())

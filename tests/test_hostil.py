@@ -101,12 +101,12 @@ def enviar_grande(porta, metodo, alvo, tamanho, chunked=False):
 
 
 def estado(db):
-    saldos, limites, n, ultimo = db.execute(
+    saldos, limites, n, ultimos = db.execute(
         "select array_agg(saldo order by id), array_agg(limite order by id),"
-        " (select count(*) from crebito.transacao), (select coalesce(max(id), 0) from crebito.transacao)"
+        " (select count(*) from crebito.transacao), array_agg(ultimo_lancamento order by id)"
         " from crebito.cliente"
     ).fetchone()
-    return {"saldos": dict(enumerate(saldos, 1)), "limites": dict(enumerate(limites, 1)), "n": n, "ultimo": ultimo}
+    return {"saldos": dict(enumerate(saldos, 1)), "limites": dict(enumerate(limites, 1)), "n": n, "ultimos": ultimos}
 
 
 # -- Strategies ---------------------------------------------------------------
@@ -488,7 +488,9 @@ def conferir(db, metodo, id_texto, recurso, corpo, chave, transacao, antes, resp
         cliente = int(id_texto)
         valor, tipo, descricao = transacao
         linhas = db.execute(
-            "select cliente_id, valor, tipo::text, descricao from crebito.transacao where id > %s", [antes["ultimo"]]
+            "select cliente_id, valor, tipo::text, descricao from crebito.transacao"
+            " where lancamento > (%s::bigint[])[cliente_id]",
+            [antes["ultimos"]],
         ).fetchall()
         assert linhas == [(cliente, valor, tipo, descricao)]
         movido = valor if tipo == "c" else -valor
@@ -505,7 +507,7 @@ def conferir(db, metodo, id_texto, recurso, corpo, chave, transacao, antes, resp
             # The ten newest rows, whatever their descricao holds, survive the trip to JSON and back.
             recentes = db.execute(
                 "select valor, tipo::text, descricao from crebito.transacao where cliente_id = %s"
-                " order by id desc limit 10",
+                " order by lancamento desc limit 10",
                 [cliente],
             ).fetchall()
             assert [(t["valor"], t["tipo"], t["descricao"]) for t in dados["ultimas_transacoes"]] == recentes

@@ -9,6 +9,9 @@ from http.client import HTTPConnection
 import pytest
 from conftest import LIMITES
 
+# On the single-node and the Citus stack (conftest.py).
+pytestmark = pytest.mark.citus
+
 FORMATO_DATA = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
 
 

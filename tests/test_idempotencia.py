@@ -7,6 +7,9 @@ import threading
 
 import pytest
 
+# On the single-node and the Citus stack (conftest.py).
+pytestmark = pytest.mark.citus
+
 CHAVES_INVALIDAS = {
     "vazia": "",
     "65 caracteres": "k" * 65,

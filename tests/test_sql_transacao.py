@@ -9,6 +9,9 @@ import psycopg
 import pytest
 from conftest import LIMITES
 
+# On the single-node and the Citus stack (conftest.py).
+pytestmark = pytest.mark.citus
+
 MAX_BIGINT = 2**63 - 1
 
 
@@ -318,3 +321,67 @@ def test_debitos_concorrentes_nunca_passam_do_limite(stack, api_db, db):
     for valor, corpo in sorted(aceitos, key=lambda a: -a[1]["saldo"]):
         assert corpo == {"limite": limite, "saldo": anterior - valor}
         anterior = corpo["saldo"]
+
+
+# -- entry numbers ----------------------------------------------------------
+
+
+def test_lancamentos_numerados_por_cliente_sem_lacunas(api_db, db):
+    # Each client counts its own entries from 1; a refusal takes no number.
+    assert transacao(api_db, 2, pedido(80000, "d", "tudo"))[0] == 200
+    assert transacao(api_db, 1, pedido(5, "c", "um"))[0] == 200
+    assert transacao(api_db, 2, pedido(1, "d", "recusada"))[0] == 422
+    assert transacao(api_db, 2, pedido(7, "c", "volta"))[0] == 200
+    linhas = db.execute(
+        "select cliente_id, lancamento, descricao from crebito.transacao order by cliente_id, lancamento"
+    ).fetchall()
+    assert linhas == [(1, 1, "um"), (2, 1, "tudo"), (2, 2, "volta")]
+    ultimos = db.execute("select id, ultimo_lancamento from crebito.cliente order by id").fetchall()
+    assert ultimos == [(1, 1), (2, 2), (3, 0), (4, 0), (5, 0)]
+
+
+def test_concorrentes_recebem_numeros_distintos_e_seguidos(stack, db):
+    def credita():
+        with psycopg.connect(stack.dsn("crebito_api"), autocommit=True) as conn:
+            for _ in range(25):
+                assert transacao(conn, 4, pedido(1, "c", "paralelo"))[0] == 200
+
+    threads = [threading.Thread(target=credita) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    numeros = [n for (n,) in db.execute("select lancamento from crebito.transacao where cliente_id = 4")]
+    assert sorted(numeros) == list(range(1, 101))
+    assert db.execute("select saldo, ultimo_lancamento from crebito.cliente where id = 4").fetchone() == (100, 100)
+
+
+# -- many accounts ------------------------------------------------------------
+
+
+def test_semear_muitos_clientes_reprodutiveis(api_db, db):
+    assert db.execute("select crebito.semear(1000, 42)").fetchone() == (1005,)
+    # Again: nothing added, nothing changed.
+    assert db.execute("select crebito.semear(1000, 42)").fetchone() == (1005,)
+    limites = db.execute("select id, limite from crebito.cliente order by id").fetchall()
+    assert [i for i, _ in limites] == list(range(1, 1006))
+    assert dict(limites[:5]) == LIMITES
+    assert all(1000 <= lim <= 1000000 and lim % 1000 == 0 for _, lim in limites[5:])
+    assert len({lim for _, lim in limites[5:]}) > 500
+    # The same seed draws the same limits, another seed others.
+    with db.transaction(force_rollback=True):
+        db.execute("delete from crebito.cliente where id > 5")
+        db.execute("select crebito.semear(1000, 42)")
+        assert db.execute("select id, limite from crebito.cliente order by id").fetchall() == limites
+        db.execute("delete from crebito.cliente where id > 5")
+        db.execute("select crebito.semear(1000, 7)")
+        assert db.execute("select id, limite from crebito.cliente order by id").fetchall() != limites
+    # A seeded client is served like any other.
+    limite = dict(limites)[1005]
+    assert transacao(api_db, 1005, pedido(limite, "d", "tudo")) == (200, {"limite": limite, "saldo": -limite})
+    assert transacao(api_db, 1005, pedido(1, "d", "mais"))[0] == 422
+
+
+def test_api_nao_semeia(api_db):
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        api_db.execute("select crebito.semear(1)")

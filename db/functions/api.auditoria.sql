@@ -20,6 +20,25 @@ begin atomic
     ) as l on c.id = l.cliente_id
     where c.saldo <> coalesce(l.soma, 0)
     union all
+    -- Entries are numbered 1, 2, 3... per client with no gap (the key forbids
+    -- duplicates), and the client's row names the newest.
+    select
+        c.id,
+        'lancamentos ' || coalesce(n.quantos, 0) || ' numerados ate ' || coalesce(n.maior, 0)
+        || ', ultimo_lancamento ' || c.ultimo_lancamento as violacao
+    from crebito.cliente as c
+    left join (
+        select
+            t.cliente_id,
+            count(*) as quantos,
+            max(t.lancamento) as maior
+        from crebito.transacao as t
+        group by t.cliente_id
+    ) as n on c.id = n.cliente_id
+    where
+        c.ultimo_lancamento <> coalesce(n.maior, 0)
+        or coalesce(n.quantos, 0) <> coalesce(n.maior, 0)
+    union all
     select
         c.id,
         'saldo ' || c.saldo || ' abaixo de -limite ' || c.limite as violacao
@@ -28,7 +47,7 @@ begin atomic
     union all
     select
         t.cliente_id,
-        'transacao ' || t.id || ' malformada' as violacao
+        'transacao ' || t.lancamento || ' malformada' as violacao
     from crebito.transacao as t
     where
         t.valor <= 0
@@ -44,40 +63,34 @@ begin atomic
         i.status = 200
         and not exists (
             select from crebito.transacao as t
-            where t.id = i.transacao_id
+            where t.cliente_id = i.cliente_id and t.lancamento = i.lancamento
         )
     union all
-    -- A replay answers what the key stored, so a key tied to another
-    -- client's ledger row, or a refusal tied to any row, would mislead it.
+    -- A replay answers what the key stored, so a refusal tied to a ledger row
+    -- would mislead it. (A key cannot name another client's row: its
+    -- reference holds its own client id.)
     select
         i.cliente_id,
-        'chave ' || i.chave || ' aponta para transacao ' || t.id || ' do cliente ' || t.cliente_id as violacao
+        'chave ' || i.chave || ' recusada (' || i.status || ') aponta para transacao ' || i.lancamento as violacao
     from crebito.idempotencia as i
-    inner join crebito.transacao as t on i.transacao_id = t.id
-    where t.cliente_id <> i.cliente_id
+    where i.status <> 200 and i.lancamento is not null
     union all
     select
         i.cliente_id,
-        'chave ' || i.chave || ' recusada (' || i.status || ') aponta para transacao ' || i.transacao_id as violacao
+        'transacao ' || i.lancamento || ' aceita por ' || count(*) || ' chaves' as violacao
     from crebito.idempotencia as i
-    where i.status <> 200 and i.transacao_id is not null
-    union all
-    select
-        min(i.cliente_id) as cliente_id,
-        'transacao ' || i.transacao_id || ' aceita por ' || count(*) || ' chaves' as violacao
-    from crebito.idempotencia as i
-    where i.transacao_id is not null
-    group by i.transacao_id
+    where i.lancamento is not null
+    group by i.cliente_id, i.lancamento
     having count(*) > 1
     union all
     select
         x.cliente_id,
-        'transacao ' || x.id || ' fora de ordem no tempo' as violacao
+        'transacao ' || x.lancamento || ' fora de ordem no tempo' as violacao
     from (
         select
             t.cliente_id,
-            t.id,
-            t.realizada_em < lag(t.realizada_em) over (partition by t.cliente_id order by t.id) as fora
+            t.lancamento,
+            t.realizada_em < lag(t.realizada_em) over (partition by t.cliente_id order by t.lancamento) as fora
         from crebito.transacao as t
     ) as x
     where x.fora;

@@ -14,7 +14,7 @@ set search_path = ''
 -- while the ledger was small, that plan fetched every row of the client and
 -- sorted them, a cost that grew with the ledger for as long as the session
 -- lived. With sorting ruled out, the only plan left reads the ten newest rows
--- in order from transacao_cliente_recentes, whatever the ledger's size.
+-- in order from the end of transacao_pkey, whatever the ledger's size.
 set enable_sort = off
 as $$
 begin
@@ -38,13 +38,15 @@ begin
                                     t.realizada_em at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'
                                 )
                             )
-                            order by t.id desc
+                            order by t.lancamento desc
                         )
                     from (
-                        select t.id, t.valor, t.tipo, t.descricao, t.realizada_em
+                        select t.lancamento, t.valor, t.tipo, t.descricao, t.realizada_em
                         from crebito.transacao as t
-                        where t.cliente_id = c.id
-                        order by t.id desc
+                        -- The parameter, not c.id: on a cluster a filter on
+                        -- the distribution column keeps the query on one shard.
+                        where t.cliente_id = cliente
+                        order by t.lancamento desc
                         limit 10
                     ) as t
                 ),

@@ -26,8 +26,9 @@ declare
     saldo_novo bigint;
     limite_cliente bigint;
     anterior record;
-    transacao_id bigint;
+    lancamento_novo bigint;
     problema text;
+    agora timestamptz;
 begin
     -- Local to this transaction and set in the body, so it lasts until the
     -- commit (a function's SET clause is undone when the function returns).
@@ -82,23 +83,27 @@ begin
 
     -- The WHERE clauses keep the arithmetic inside bigint and the balance
     -- inside the limit; a concurrent writer waits for the row lock and then
-    -- re-checks them against the balance it left.
+    -- re-checks them against the balance it left. The same UPDATE numbers the
+    -- entry, so numbers follow the order in which the balance changed.
     if pedido_tipo = 'c' then
-        update crebito.cliente as c set saldo = c.saldo + pedido_valor
+        update crebito.cliente as c set saldo = c.saldo + pedido_valor, ultimo_lancamento = c.ultimo_lancamento + 1
         where c.id = cliente and c.saldo <= 9223372036854775807 - pedido_valor
-        returning c.saldo, c.limite into saldo_novo, limite_cliente;
+        returning c.saldo, c.limite, c.ultimo_lancamento into saldo_novo, limite_cliente, lancamento_novo;
         problema := 'o saldo passaria do máximo representável';
     else
-        update crebito.cliente as c set saldo = c.saldo - pedido_valor
+        update crebito.cliente as c set saldo = c.saldo - pedido_valor, ultimo_lancamento = c.ultimo_lancamento + 1
         where c.id = cliente and c.saldo >= pedido_valor - c.limite
-        returning c.saldo, c.limite into saldo_novo, limite_cliente;
+        returning c.saldo, c.limite, c.ultimo_lancamento into saldo_novo, limite_cliente, lancamento_novo;
         problema := 'limite insuficiente';
     end if;
 
     if found then
-        insert into crebito.transacao (cliente_id, valor, tipo, descricao)
-        values (cliente, pedido_valor, pedido_tipo::"char", pedido_descricao)
-        returning id into transacao_id;
+        -- The time is taken here, under the row lock, not by the column's
+        -- default: on a cluster a statement without volatile functions keeps
+        -- its plan from call to call, and this one is on every request.
+        agora := clock_timestamp();
+        insert into crebito.transacao (cliente_id, lancamento, valor, tipo, descricao, realizada_em)
+        values (cliente, lancamento_novo, pedido_valor, pedido_tipo::"char", pedido_descricao, agora);
         status := 200;
         resposta := '{"limite":' || limite_cliente || ',"saldo":' || saldo_novo || '}';
     else
@@ -109,8 +114,8 @@ begin
     end if;
 
     if chave is not null then
-        insert into crebito.idempotencia (cliente_id, chave, pedido, status, resposta, transacao_id)
-        values (cliente, chave, pedido, status, resposta, transacao_id);
+        insert into crebito.idempotencia (cliente_id, chave, pedido, status, resposta, lancamento)
+        values (cliente, chave, pedido, status, resposta, lancamento_novo);
     end if;
 end;
 $$;

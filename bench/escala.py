@@ -1,0 +1,214 @@
+"""Scale of the distributed topology, as ratios measured side by side.
+
+Three stacks at once, started by the launcher: single-node, Citus with one
+worker and Citus with two, each seeded with the same many clients
+(crebito.semear) and each database node (the one cluster, the coordinator,
+every worker) confined to the same CPU quota in a cgroup of its own. A load
+driver (processes calling the prepared `api.transacao`/`api.extrato`
+statements over libpq, as server.py does) runs the official mix (debito :
+credito : extrato = 220 : 110 : 10) straight against the nodes the API
+instances talk to: the one cluster, the one worker, or both workers (`-c`
+connections to each). No HTTP or HAProxy in the way: the database nodes are
+what is measured, and the driver runs outside their quota. Two ways of
+picking the client of a call on a cluster:
+- `qualquer`: any client, on any worker, as api01/api02 do: a call for a
+  client of the other worker is passed to it whole (delegation);
+- `dono`: each worker gets only the clients it holds, as a router that knows
+  the shard map would send them.
+The stacks take turns, round after round, so the noise of the shared machine
+falls on all of them alike.
+
+Reports per stack and mode the calls per second and the CPU ms per call of all
+its database nodes (their cgroups' counters), the medians of the rounds and
+the ratios two workers : one worker and one worker : single-node.
+
+    .venv/bin/python bench/escala.py [--contas 100000] [--cpus 0.25] [-T 20] [-c 16] [--rodadas 3]
+"""
+
+import argparse
+import multiprocessing
+import random
+import statistics
+import subprocess
+import sys
+import time
+
+import pilha
+from psycopg import pq
+
+# (stack, Citus workers, how a call's client is picked)
+CASOS = (("unico", 0, "qualquer"), ("citus1", 1, "qualquer"), ("citus2", 2, "qualquer"), ("citus2-dono", 2, "dono"))
+MIX = (("debito", 220), ("credito", 110), ("extrato", 10))
+
+
+def chamar(conninfo, clientes, segundos, semente, pronto, comecar, saida):
+    """One connection calling the mix for `segundos` once `comecar` is set;
+    puts (calls, failures). Connecting, and the first calls that fill a new
+    session's caches, come before, outside what is measured."""
+    conn = pq.PGconn.connect(conninfo)
+    assert conn.status == pq.ConnStatus.OK, conn.get_error_message()
+    conn.prepare(b"transacao", b"select status, resposta from api.transacao($1, $2)")
+    conn.prepare(b"extrato", b"select status, resposta from api.extrato($1)")
+    aleatorio = random.Random(semente)
+    for _ in range(10):
+        conn.exec_prepared(b"extrato", [str(aleatorio.choice(clientes)).encode()])
+    pronto.put(True)
+    comecar.wait()
+    chamadas = falhas = 0
+    fim = time.monotonic() + segundos
+    while time.monotonic() < fim:
+        sorteio = aleatorio.randrange(sum(p for _, p in MIX))
+        cliente = str(aleatorio.choice(clientes)).encode()
+        if sorteio < MIX[0][1] + MIX[1][1]:
+            tipo = "d" if sorteio < MIX[0][1] else "c"
+            valor = aleatorio.randint(1, 10000)
+            corpo = f'{{"valor": {valor}, "tipo": "{tipo}", "descricao": "{aleatorio.randrange(10**10):010d}"}}'
+            r = conn.exec_prepared(b"transacao", [cliente, corpo.encode()])
+        else:
+            r = conn.exec_prepared(b"extrato", [cliente])
+        chamadas += 1
+        if r.status != pq.ExecStatus.TUPLES_OK or r.get_value(0, 0) not in (b"200", b"422"):
+            falhas += 1
+    conn.finish()
+    saida.put((chamadas, falhas))
+
+
+def alvos(p):
+    """The nodes the API instances would use: the workers, or the one cluster."""
+    nos = p.nos()
+    return [n for n in nos if n["papel"] == "worker"] or [nos[0]]
+
+
+def donos(p, contas):
+    """{node name: [its clients]}, from the coordinator's shard map."""
+    porta_nome = {n["porta"]: n["nome"] for n in p.nos()}
+
+    def linhas(consulta):
+        r = subprocess.run(
+            ["psql", "-X", "-A", "-t", "-F", " ", *p.pg(), "-c", consulta], capture_output=True, text=True
+        )
+        return [tuple(map(int, linha.split())) for linha in r.stdout.splitlines()]
+
+    shards = dict(linhas("select shardid, nodeport from citus_shards where table_name = 'crebito.cliente'::regclass"))
+    mapa = {}
+    for cliente, shard in linhas(
+        "select id, get_shard_id_for_distribution_column('crebito.cliente', id) from crebito.cliente"
+    ):
+        mapa.setdefault(porta_nome[shards[shard]], []).append(cliente)
+    assert sum(map(len, mapa.values())) == contas + 5, "shard map incomplete"
+    return mapa
+
+
+def grupo(topologia, no):
+    return f"{topologia}-{no}"
+
+
+def rodar(nome, p, cg, clientes_por_no, segundos, conexoes):
+    """The driver against each target node at once; (calls/s, CPU ms per call of
+    every node together, {node: CPUs it used on average})."""
+    nos = [n["nome"] for n in p.nos()]
+    pronto, comecar, saida = multiprocessing.Queue(), multiprocessing.Event(), multiprocessing.Queue()
+    procs = []
+    for alvo in alvos(p):
+        conninfo = f"host={alvo['pgrun']} port={alvo['porta']} dbname=crebito user=postgres".encode()
+        for i in range(conexoes):
+            semente = hash((nome, alvo["nome"], i))
+            args = (conninfo, clientes_por_no[alvo["nome"]], segundos, semente, pronto, comecar, saida)
+            procs.append(multiprocessing.Process(target=chamar, args=args))
+    for proc in procs:
+        proc.start()
+    for _ in procs:
+        pronto.get()
+    antes = {no: cg.cpu_s(grupo(nome, no)) for no in nos}
+    comecar.set()
+    resultados = [saida.get() for _ in procs]
+    for proc in procs:
+        proc.join()
+    chamadas = sum(c for c, _ in resultados)
+    falhas = sum(f for _, f in resultados)
+    if falhas:
+        sys.exit(f"{nome}: {falhas} chamadas falharam")
+    cpus = {no: round((cg.cpu_s(grupo(nome, no)) - antes[no]) / segundos, 3) for no in nos}
+    return chamadas / segundos, 1000 * sum(cpus.values()) * segundos / chamadas, cpus
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--contas", type=int, default=100000, help="clients seeded besides the five")
+    ap.add_argument("--cpus", type=float, default=0.25, help="CPU quota of each database node")
+    ap.add_argument("-T", "--segundos", type=int, default=20)
+    ap.add_argument("-c", "--conexoes", type=int, default=16, help="driver connections per target node")
+    ap.add_argument("--rodadas", type=int, default=3)
+    args = ap.parse_args()
+
+    pilhas = {}
+    cg = None
+    try:
+        for pilha_nome, workers, _ in CASOS:
+            if pilha_nome.split("-")[0] in pilhas:
+                continue
+            p = pilhas[pilha_nome] = pilha.Pilha(citus_workers=workers)
+            pilha.log(f"{pilha_nome}: iniciando")
+            p.iniciar(limite=180)
+            subprocess.run(
+                ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", *p.pg(), "-c", f"select crebito.semear({args.contas})"]
+                + ["-c", "vacuum analyze"],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+        todos = list(range(1, args.contas + 6))
+        casos = {}
+        for caso, _, modo in CASOS:
+            p = pilhas[caso.split("-")[0]]
+            mapa = donos(p, args.contas) if modo == "dono" else {n["nome"]: todos for n in alvos(p)}
+            casos[caso] = (caso.split("-")[0], p, mapa)
+        limites = {grupo(nome, n["nome"]): (args.cpus, 2048) for nome, p in pilhas.items() for n in p.nos()}
+        cg = pilha.Cgrupos(limites, nome="crebito-escala")
+        if cg.modo is None:
+            sys.exit("sem cgroups graváveis não há cota de CPU a comparar")
+        cg.criar()
+        tabela = pilha.processos()
+        for nome, p in pilhas.items():
+            for n in p.nos():
+                cg.mover(grupo(nome, n["nome"]), pilha.arvore(p.pid(n["nome"]), tabela))
+        for nome, p, mapa in casos.values():
+            rodar(nome, p, cg, mapa, 5, args.conexoes)  # warm-up: caches, connections, plans
+        medidas = {caso: [] for caso in casos}
+        ordem = list(casos)
+        for r in range(args.rodadas):
+            for caso in ordem:
+                nome, p, mapa = casos[caso]
+                por_s, ms, cpus = rodar(nome, p, cg, mapa, args.segundos, args.conexoes)
+                medidas[caso].append((por_s, ms))
+                print(
+                    f"rodada {r + 1} {caso:<12} {por_s:>8.1f} chamadas/s  {ms:.3f} ms de CPU por chamada"
+                    f"  CPUs por nó {cpus}",
+                    flush=True,
+                )
+            ordem = ordem[1:] + ordem[:1]
+    finally:
+        for p in pilhas.values():
+            p.parar()
+        if cg is not None:
+            cg.remover()
+
+    med = {
+        caso: (statistics.median(t for t, _ in m), statistics.median(c for _, c in m)) for caso, m in medidas.items()
+    }
+    print(
+        f"\n{args.contas} contas, {args.cpus} CPU por nó, {args.conexoes} conexões por nó-alvo, "
+        f"{args.segundos}s x {args.rodadas} rodadas (medianas):"
+    )
+    for caso, (por_s, ms) in med.items():
+        print(f"  {caso:<12} {por_s:>8.1f} chamadas/s  {ms:.3f} ms de CPU por chamada (todos os nós)")
+    for dois in ("citus2", "citus2-dono"):
+        razoes = [m2 / m1 for (m1, _), (m2, _) in zip(medidas["citus1"], medidas[dois], strict=True)]
+        por_rodada = ", ".join(f"{x:.2f}" for x in razoes)
+        print(f"  {dois} / citus1: {med[dois][0] / med['citus1'][0]:.2f}x (por rodada: {por_rodada})")
+    print(f"  citus1 / unico: {med['citus1'][0] / med['unico'][0]:.2f}x")
+    for caso in ("citus1", "citus2", "citus2-dono"):
+        print(f"  CPU por chamada, {caso} / unico: {med[caso][1] / med['unico'][1]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
