@@ -101,6 +101,8 @@ insert into crebito.cliente (id, limite) values
 -- call to every node when they were created.)
 select create_distributed_function('api.transacao(integer,text,text)', 'cliente', colocate_with => 'crebito.cliente');
 select create_distributed_function('api.extrato(integer)', 'cliente', colocate_with => 'crebito.cliente');
+-- The flush must reach the WAL of the node that ran the call it confirms.
+select create_distributed_function('api.confirmar(integer)', 'cliente', colocate_with => 'crebito.cliente');
 \endif
 
 -- Least privilege, PostgREST style: the API role may only EXECUTE the
