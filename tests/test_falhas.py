@@ -473,7 +473,7 @@ def test_queda_entre_o_commit_e_o_flush(pilha, capsys):
         chaves = dict(
             db.execute(
                 "select i.chave, t.descricao from crebito.idempotencia as i"
-                " join crebito.transacao as t on t.id = i.transacao_id"
+                " join crebito.transacao as t on (t.cliente_id, t.lancamento) = (i.cliente_id, i.lancamento)"
                 " where i.cliente_id = 1 and i.chave like 'janela-%%' and i.status = 200"
             ).fetchall()
         )
