@@ -96,7 +96,7 @@ class Stack:
     def extrato(self, cliente):
         return self.pedir("GET", f"/clientes/{cliente}/extrato")
 
-    def esperar_pronto(self, limite=40):
+    def esperar_pronto(self, limite=120):
         fim = time.monotonic() + limite
         while time.monotonic() < fim:
             if self.launcher.poll() is not None:
