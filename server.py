@@ -12,12 +12,14 @@ Configuration (environment):
                       "{worker}" in it (e.g. unix:/run/api01-{worker}.sock, 0.0.0.0:808{worker})
                       each worker listens on its own address, {worker} being its number from 1
     CREBITO_WORKERS   pre-forked worker processes, each with its own connection (default 3)
+    CREBITO_USUARIO   OS user to switch to once the socket is bound (when started as root)
 """
 
 import ctypes
 import json
 import logging
 import os
+import pwd
 import select
 import signal
 import sys
@@ -249,9 +251,21 @@ def _listen(endereco):
         if os.path.exists(caminho):
             os.unlink(caminho)
         bjoern.listen(app, endereco)
+        # Whoever may enter the socket's directory may connect (the launcher
+        # gives it to HAProxy's group alone), whichever user bound it.
+        os.chmod(caminho, 0o666)
     else:
         host, _, port = endereco.rpartition(":")
         bjoern.listen(app, host or "0.0.0.0", int(port))
+
+
+def _soltar_root(usuario):
+    """Gives root up for good before anything is served: with the socket bound,
+    nothing here needs it, and a flaw in request parsing must not reach it."""
+    info = pwd.getpwnam(usuario)
+    os.setgroups([])
+    os.setgid(info.pw_gid)
+    os.setuid(info.pw_uid)
 
 
 def _iniciar_worker(numero, endereco):
@@ -279,6 +293,9 @@ def main():
     n = int(os.environ.get("CREBITO_WORKERS", "3"))
     if "{worker}" not in endereco:
         _listen(endereco)  # one socket, shared by the workers
+    # With a socket per worker, each worker binds its own after this.
+    if os.environ.get("CREBITO_USUARIO"):
+        _soltar_root(os.environ["CREBITO_USUARIO"])
 
     parando = False
     workers = {}  # pid -> (start time, worker number)
