@@ -8,7 +8,9 @@ path builds no Python objects beyond the bytes it forwards.
 
 Configuration (environment):
     DATABASE_URL      libpq connection string or URI; empty means libpq's PG* variables
-    CREBITO_LISTEN    "unix:/path/to/socket" or "host:port" (default 0.0.0.0:8080)
+    CREBITO_LISTEN    "unix:/path/to/socket" or "host:port" (default 0.0.0.0:8080); with
+                      "{worker}" in it (e.g. unix:/run/api01-{worker}.sock, 0.0.0.0:808{worker})
+                      each worker listens on its own address, {worker} being its number from 1
     CREBITO_WORKERS   pre-forked worker processes, each with its own connection (default 3)
     CREBITO_USUARIO   OS user to switch to once the socket is bound (when started as root)
 """
@@ -266,7 +268,7 @@ def _soltar_root(usuario):
     os.setuid(info.pw_uid)
 
 
-def _iniciar_worker():
+def _iniciar_worker(numero, endereco):
     pai = os.getpid()
     pid = os.fork()
     if pid:
@@ -275,6 +277,9 @@ def _iniciar_worker():
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     _morrer_com_o_pai(pai)
+    if "{worker}" in endereco:
+        # Its own socket: HAProxy then sends it a request only when it is free.
+        _listen(endereco.replace("{worker}", str(numero)))
     banco.conectar()
     try:
         bjoern.run()
@@ -286,12 +291,14 @@ def main():
     logging.basicConfig(level=logging.INFO, format="api[%(process)d] %(levelname)s %(message)s", stream=sys.stderr)
     endereco = os.environ.get("CREBITO_LISTEN", "0.0.0.0:8080")
     n = int(os.environ.get("CREBITO_WORKERS", "3"))
-    _listen(endereco)
+    if "{worker}" not in endereco:
+        _listen(endereco)  # one socket, shared by the workers
+    # With a socket per worker, each worker binds its own after this.
     if os.environ.get("CREBITO_USUARIO"):
         _soltar_root(os.environ["CREBITO_USUARIO"])
 
     parando = False
-    workers = {}  # pid -> start time
+    workers = {}  # pid -> (start time, worker number)
 
     def parar(signum, frame):
         nonlocal parando
@@ -304,8 +311,8 @@ def main():
 
     signal.signal(signal.SIGTERM, parar)
     signal.signal(signal.SIGINT, parar)
-    for _ in range(n):
-        workers[_iniciar_worker()] = time.monotonic()
+    for numero in range(1, n + 1):
+        workers[_iniciar_worker(numero, endereco)] = (time.monotonic(), numero)
     log.info("%d workers em %s", n, endereco)
     # Supervise: a worker that dies is replaced at once.
     while workers:
@@ -315,12 +322,12 @@ def main():
             break
         except InterruptedError:
             continue
-        inicio = workers.pop(pid, None)
+        inicio, numero = workers.pop(pid, (None, None))
         if not parando and inicio is not None:
             log.warning("worker %d terminou (%d); iniciando outro", pid, estado)
             if time.monotonic() - inicio < 1:
                 time.sleep(1)  # a worker that dies at once must not spin
-            workers[_iniciar_worker()] = time.monotonic()
+            workers[_iniciar_worker(numero, endereco)] = (time.monotonic(), numero)
 
 
 if __name__ == "__main__":

@@ -9,3 +9,6 @@ select
     status,
     resposta
 from api.transacao(:cliente, '{"valor": ' || :valor || ', "tipo": "d", "descricao": "' || :descricao || '"}');
+-- As server.py does: the answer counts only once the WAL is flushed past
+-- what the call could have seen (api.transacao commits without waiting).
+select descarregou from api.confirmar(:cliente);

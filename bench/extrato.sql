@@ -4,3 +4,6 @@ select
     status,
     resposta
 from api.extrato(:cliente);
+-- As server.py does: the answer counts only once the WAL is flushed past
+-- what the call could have seen (api.transacao commits without waiting).
+select descarregou from api.confirmar(:cliente);

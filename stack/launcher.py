@@ -17,7 +17,7 @@ Environment:
                       /var/lib/crebito-<path> when root and the project
                       directory is not reachable by the postgres user)
     CREBITO_PORT      HTTP port of HAProxy (default 9999)
-    CREBITO_WORKERS   workers per API instance (default 3)
+    CREBITO_WORKERS   workers per API instance, 1 to 4 (default 3)
     CREBITO_PG_BIN    directory of PostgreSQL's binaries (default: found)
     CREBITO_PG_CONF   extra postgresql.conf settings file, included last
     CREBITO_CITUS_WORKERS  Citus workers of a new data directory (default 0:
@@ -81,6 +81,8 @@ class Stack:
         self.bin = pg_bin()
         self.porta = os.environ.get("CREBITO_PORT", "9999")
         self.workers = os.environ.get("CREBITO_WORKERS", "3")
+        if self.workers not in ("1", "2", "3", "4"):
+            sys.exit("crebito: CREBITO_WORKERS must be 1 to 4 (haproxy.cfg has a server for each of up to 4)")
         # Started as root, each component gets a user of its own (PostgreSQL
         # refuses root anyway); otherwise everything runs as the caller.
         root = os.geteuid() == 0
@@ -273,18 +275,14 @@ class Stack:
         if nome in ("api01", "api02"):
             env = dict(
                 os.environ,
-                CREBITO_LISTEN=f"unix:{self.sock}/{nome}.sock",
+                CREBITO_LISTEN=f"unix:{self.sock}/{nome}-{{worker}}.sock",
                 CREBITO_WORKERS=self.workers,
                 DATABASE_URL=f"{self.conninfo_api(nome)} application_name=crebito connect_timeout=2",
             )
             return [sys.executable, os.path.join(RAIZ, "server.py")], {}, self._como(env, self.usuario_api)
-        env = dict(
-            os.environ,
-            CREBITO_BIND=f"*:{self.porta}",
-            CREBITO_API01=f"{self.sock}/api01.sock",
-            CREBITO_API02=f"{self.sock}/api02.sock",
-            CREBITO_WORKERS=self.workers,
-        )
+        # One server per worker in HAProxy, so a request only goes to a free one.
+        env = dict(os.environ, CREBITO_BIND=f"*:{self.porta}")
+        env.update({f"CREBITO_{nome.upper()}": caminho for nome, caminho in self._sockets()})
         return ["haproxy", "-db", "-f", os.path.join(RAIZ, "haproxy.cfg")], {}, self._como(env, self.usuario_haproxy)
 
     @staticmethod
@@ -351,10 +349,19 @@ class Stack:
                 conn.close()
         return False
 
-    def _aceita(self, nome):
+    def _sockets(self):
+        """(api01_1, path), ...: each worker's own socket."""
+        return [
+            (f"{api}_{n}", os.path.join(self.sock, f"{api}-{n}.sock"))
+            for api in ("api01", "api02")
+            for n in range(1, int(self.workers) + 1)
+        ]
+
+    @staticmethod
+    def _aceita(caminho):
         with socket.socket(socket.AF_UNIX) as s:
             try:
-                s.connect(os.path.join(self.sock, f"{nome}.sock"))
+                s.connect(caminho)
                 return True
             except OSError:
                 return False
@@ -390,7 +397,7 @@ class Stack:
         # file from an earlier run refuses them), so it never starts with an
         # instance marked down.
         fim = time.monotonic() + 5
-        while not all(map(self._aceita, ("api01", "api02"))) and time.monotonic() < fim:
+        while not all(self._aceita(caminho) for _, caminho in self._sockets()) and time.monotonic() < fim:
             time.sleep(0.01)
         self.iniciar("haproxy")
         if self.esperar_api():

@@ -40,7 +40,8 @@ def test_outro_usuario_nao_entra_no_banco(stack, papel):
 
 
 def test_outro_usuario_nao_alcanca_os_sockets(stack):
-    for caminho in (f"{stack.var}/pgrun/.s.PGSQL.5432", f"{stack.var}/sock/api01.sock", f"{stack.var}/sock/api02.sock"):
+    sockets_da_api = [f"{stack.var}/sock/{api}-{n}.sock" for api in ("api01", "api02") for n in (1, stack.workers)]
+    for caminho in (f"{stack.var}/pgrun/.s.PGSQL.5432", *sockets_da_api):
         assert os.path.exists(caminho)
         assert subprocess.run(["runuser", "-u", "nobody", "--", "test", "-e", caminho], cwd="/").returncode != 0
 

@@ -1,0 +1,69 @@
+"""Each worker reachable on its own: a socket per worker, each a server of its
+own in HAProxy taking one request at a time, so a request never waits behind
+another one on a busy worker while a free worker idles."""
+
+import os
+import re
+import threading
+
+import psycopg
+
+
+def filhos(pid):
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def sockets_em_escuta(pid):
+    """The paths of the unix sockets `pid` listens on."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            alvo = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        m = re.fullmatch(r"socket:\[(\d+)\]", alvo)
+        if m:
+            inodes.add(m.group(1))
+    caminhos = set()
+    with open("/proc/net/unix") as f:
+        next(f)
+        for linha in f:
+            campos = linha.split()
+            # State 01 with flags 00010000 (__SO_ACCEPTCON): a listening socket.
+            if len(campos) >= 8 and campos[6] in inodes and campos[3] == "00010000":
+                caminhos.add(campos[7])
+    return caminhos
+
+
+def test_cada_worker_escuta_no_seu_socket(stack):
+    vistos = set()
+    for instancia in ("api01", "api02"):
+        workers = filhos(stack.pid(instancia))
+        assert len(workers) == stack.workers
+        for worker in workers:
+            proprios = sockets_em_escuta(worker)
+            assert len(proprios) == 1, proprios
+            (caminho,) = proprios
+            assert re.fullmatch(rf"{re.escape(stack.var)}/sock/{instancia}-[1-9]\.sock", caminho), caminho
+            vistos.add(caminho)
+    assert len(vistos) == 2 * stack.workers
+
+
+def test_worker_ocupado_nao_atrasa_os_outros_pedidos(http, db):
+    """One worker waits on client 1's row lock; meanwhile every other request
+    is answered by the free workers, none queued behind the busy one."""
+    respostas = []
+    with psycopg.connect(http.dsn()) as trava:
+        trava.execute("select from crebito.cliente where id = 1 for update")
+        preso = threading.Thread(target=lambda: respostas.append(http.transacao(1, 1, "c", "preso")))
+        preso.start()
+        try:
+            for i in range(4 * 2 * http.workers):
+                r = http.pedir("GET", f"/clientes/{2 + i % 4}/extrato", timeout=3)
+                assert r.status == 200
+            assert respostas == []
+        finally:
+            trava.rollback()
+            preso.join(timeout=10)
+    assert respostas[0].status == 200
