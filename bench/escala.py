@@ -139,6 +139,7 @@ def main():
     ap.add_argument("-T", "--segundos", type=int, default=20)
     ap.add_argument("-c", "--conexoes", type=int, default=16, help="driver connections per target node")
     ap.add_argument("--rodadas", type=int, default=3)
+    ap.add_argument("--aquecimento", type=int, default=5, help="seconds of unmeasured load per case first")
     args = ap.parse_args()
 
     pilhas = {}
@@ -148,7 +149,7 @@ def main():
             if pilha_nome.split("-")[0] in pilhas:
                 continue
             p = pilhas[pilha_nome] = pilha.Pilha(citus_workers=workers)
-            pilha.log(f"{pilha_nome}: iniciando")
+            pilha.log(f"{pilha_nome}: iniciando a pilha em {p.var}, porta {p.porta}")
             p.iniciar(limite=180)
             subprocess.run(
                 ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", *p.pg(), "-c", f"select crebito.semear({args.contas})"]
@@ -172,7 +173,7 @@ def main():
             for n in p.nos():
                 cg.mover(grupo(nome, n["nome"]), pilha.arvore(p.pid(n["nome"]), tabela))
         for nome, p, mapa in casos.values():
-            rodar(nome, p, cg, mapa, 5, args.conexoes)  # warm-up: caches, connections, plans
+            rodar(nome, p, cg, mapa, args.aquecimento, args.conexoes)  # caches, plans
         medidas = {caso: [] for caso in casos}
         ordem = list(casos)
         for r in range(args.rodadas):
