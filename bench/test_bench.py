@@ -183,18 +183,8 @@ def test_escala_curta_nas_tres_pilhas():
     """A short escala.py run: every stack and way of picking clients answers
     without failures, the ratios are reported and no stack or cgroup is left."""
     aqui = os.path.dirname(os.path.abspath(__file__))
-    comando = [
-        sys.executable,
-        os.path.join(aqui, "escala.py"),
-        "--contas",
-        "200",
-        "-T",
-        "1",
-        "--rodadas",
-        "1",
-        "-c",
-        "2",
-    ]
+    escala = os.path.join(aqui, "escala.py")
+    comando = [sys.executable, escala, "--contas", "200", "-T", "1", "--rodadas", "1", "-c", "2", "--aquecimento", "1"]
     r = subprocess.run(comando, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     for caso in ("unico", "citus1", "citus2", "citus2-dono"):
