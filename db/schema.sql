@@ -1,9 +1,11 @@
 -- The whole database of crebito: tables, roles, seed and the API functions.
 -- Run once on an empty database with `psql -v ON_ERROR_STOP=1 -f db/schema.sql`
--- (the Docker image's init directory runs it the same way).
+-- (the Docker image's init directory runs it the same way). On a Citus
+-- cluster, on the coordinator once the workers are added, with `-v citus=1`:
+-- the same schema, sharded by client id.
 
 -- Roles first. `crebito` owns every schema, table and function but is no
--- superuser and cannot log in: the SECURITY DEFINER functions run with its
+-- superuser and cannot log in (but on a cluster): the SECURITY DEFINER functions run with its
 -- rights, so a flaw in one can reach crebito's tables and nothing else.
 -- `crebito_api`, the API's login, may only EXECUTE the functions of `api`.
 do $$

@@ -64,7 +64,13 @@ class Stack:
     def dsn(self, user="postgres", no=None):
         """Through the unix socket of a node (default: the coordinator, or the only node)."""
         n = next(n for n in self.nos if n["nome"] == no) if no else self.nos[0]
-        return f"host={n['pgrun']} port={n['porta']} dbname=crebito user={user}"
+        dsn = f"host={n['pgrun']} port={n['porta']} dbname=crebito user={user}"
+        if self.citus:
+            # A test session's statements over every shard (the reset, the
+            # audit) then open one connection per worker, not a pool of them:
+            # faster for the handful of rows a test leaves.
+            dsn += " options='-c citus.max_adaptive_executor_pool_size=1'"
+        return dsn
 
     def pid(self, nome):
         """The pid the launcher recorded for postgres, api01, api02 or haproxy."""

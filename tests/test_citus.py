@@ -4,15 +4,23 @@ takes a connection over TCP without the password, and that losing a worker
 costs only its own clients, and nothing acknowledged."""
 
 import os
+import pwd
 import signal
 import socket
 import stat
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter, defaultdict
 
 import psycopg
 import pytest
+from conftest import RAIZ
+from test_seguranca_host import arvore, uids
+
+sys.path.insert(0, os.path.join(RAIZ, "stack"))
+import launcher  # noqa: E402
 
 pytestmark = pytest.mark.parametrize("topologia", ["citus"], indirect=True, scope="session")
 
@@ -132,6 +140,30 @@ def test_senhas_guardadas_so_para_o_dono(stack):
     dsn = f"host=127.0.0.1 port={porta} dbname=crebito user=crebito_api passfile={pasta}/pgpass-api"
     with psycopg.connect(dsn) as conn:
         assert conn.execute("select status from api.extrato(1)").fetchone() == (200,)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching OS users needs root (CI runs as root)")
+def test_outro_usuario_nao_entra_em_no_algum(stack):
+    for no in stack.nos:
+        for papel in ("postgres", "crebito", "crebito_api"):
+            r = subprocess.run(
+                ["runuser", "-u", "nobody", "--", f"{launcher.pg_bin()}/psql", "-X", "-A", "-t", "-w"]
+                + ["-h", no["pgrun"], "-p", str(no["porta"]), "-U", papel, "-d", "crebito", "-c", "select 1"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                cwd="/",
+            )
+            assert r.returncode != 0, (no["nome"], papel)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching OS users needs root (CI runs as root)")
+def test_nenhum_processo_do_cluster_roda_como_root(stack):
+    usuarios = {n["nome"]: "postgres" for n in stack.nos}
+    usuarios.update(api01=launcher.USUARIO_API, api02=launcher.USUARIO_API, haproxy=launcher.USUARIO_HAPROXY)
+    for componente, usuario in usuarios.items():
+        for pid in arvore(stack.pid(componente)):
+            assert uids(pid) == {pwd.getpwnam(usuario).pw_uid}, (componente, pid)
 
 
 # -- losing a worker under load ---------------------------------------------
