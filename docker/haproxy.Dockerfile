@@ -7,4 +7,6 @@ RUN apt-get update \
 COPY haproxy.cfg /etc/haproxy/crebito.cfg
 USER haproxy
 EXPOSE 9999
-CMD ["haproxy", "-db", "-f", "/etc/haproxy/crebito.cfg"]
+# Master-worker (-W): as the container's first process, HAProxy alone would
+# not stop on the engine's SIGTERM.
+CMD ["haproxy", "-W", "-db", "-f", "/etc/haproxy/crebito.cfg"]

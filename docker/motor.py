@@ -53,7 +53,7 @@ def _desmontar(pasta):
         subprocess.run(["umount", "-l", ponto], check=False, stderr=subprocess.DEVNULL)
 
 
-def _parar(dockerd, pasta):
+def _parar(dockerd, pasta, dados):
     if dockerd.poll() is None:
         dockerd.send_signal(signal.SIGTERM)
         try:
@@ -67,17 +67,20 @@ def _parar(dockerd, pasta):
     with contextlib.suppress(ProcessLookupError):
         os.killpg(dockerd.pid, signal.SIGKILL)
     _desmontar(pasta)
+    if dados:
+        _desmontar(dados)
     shutil.rmtree(pasta, ignore_errors=True)
 
 
 @contextlib.contextmanager
-def privado(prefixo="crebito-dockerd-", limite=60):
+def privado(prefixo="crebito-dockerd-", limite=60, dados=None):
     """A private dockerd in a new temporary directory; yields the environment
-    whose DOCKER_HOST names it."""
+    whose DOCKER_HOST names it. With dados, its images and volumes live there
+    instead, and stay."""
     if os.geteuid() != 0:
         raise RuntimeError("no Docker engine answers, and only root can start a private one")
     pasta = tempfile.mkdtemp(prefix=prefixo)
-    nome = os.path.basename(pasta)
+    nome = os.path.basename(pasta) if dados is None else "crebito-dockerd"
     config = os.path.join(pasta, "daemon.json")
     with open(config, "w") as f:
         f.write("{}\n")
@@ -85,7 +88,7 @@ def privado(prefixo="crebito-dockerd-", limite=60):
     cmd = [
         shutil.which("dockerd") or "/usr/sbin/dockerd",
         f"--host={host}",
-        f"--data-root={pasta}/data",
+        f"--data-root={dados or pasta + '/data'}",
         f"--exec-root={pasta}/exec",
         f"--pidfile={pasta}/dockerd.pid",
         f"--config-file={config}",
@@ -111,17 +114,17 @@ def privado(prefixo="crebito-dockerd-", limite=60):
         log(f"private Docker engine in {pasta} (DOCKER_HOST={host})")
         yield env
     finally:
-        _parar(dockerd, pasta)
+        _parar(dockerd, pasta, dados)
 
 
 @contextlib.contextmanager
-def motor():
+def motor(dados=None):
     """The engine DOCKER_HOST names if it answers, else a private one."""
     if responde():
         yield dict(os.environ)
         return
     log("no Docker engine answers; starting a private one")
-    with privado() as env:
+    with privado(dados=dados) as env:
         yield env
 
 
