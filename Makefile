@@ -1,7 +1,7 @@
 # crebito: `make run` serves the API on :9999; `make test` runs every test.
 PY := .venv/bin/python
 
-.PHONY: run reset test lint auditoria
+.PHONY: run reset test lint auditoria docker
 run: .venv/.installed
 	$(PY) stack/launcher.py
 
@@ -12,6 +12,11 @@ reset: .venv/.installed
 # Checks the running stack's books; exits non-zero when api.auditoria() reports a violation.
 auditoria: .venv/.installed
 	$(PY) stack/launcher.py --auditoria
+
+# The same stack in Docker (compose.yml), in the foreground; Ctrl-C stops it and
+# removes its containers, the database's volume stays. Builds what is missing.
+docker:
+	python3 docker/projeto.py
 
 test: .venv/.installed
 	$(PY) -m pytest

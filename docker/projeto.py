@@ -3,7 +3,7 @@ tests and the benchmarks share. Builds what is missing (the Debian base with
 docker/base.sh, the three images, the password file with docker/senha.sh),
 and starts, inspects and removes one compose project.
 
-    python docker/projeto.py     # make docker: build what is missing, run
+    python docker/projeto.py     # make docker: build what is missing or changed, run
                                  # in the foreground; Ctrl-C stops and removes
                                  # the containers (the volume stays)
 
@@ -165,7 +165,9 @@ def main():
         # A private engine keeps its images and volumes here between runs.
         with motor.motor(dados="/var/lib/crebito-docker") as env:
             projeto = Projeto(env)
-            projeto.construir()
+            # Every time: the engine's cache makes it quick, and an image
+            # never lags behind an edited Dockerfile or source file.
+            projeto.construir(sempre=True)
             motor.log(f"project {projeto.nome} on http://127.0.0.1:{projeto.porta} (Ctrl-C stops)")
             try:
                 projeto.compose("up", "--no-build", check=False)
