@@ -71,8 +71,10 @@ class PilhaCompose(Stack):
 
 
 def relatar(config, msg):
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    reporter.write_line(f"\ndocker: {msg}")
+    """Figures worth seeing in every run (not asserted: the machine is shared)."""
+    captura = config.pluginmanager.get_plugin("capturemanager")
+    with captura.global_and_fixture_disabled():
+        print(f"\ndocker: {msg}", flush=True)
 
 
 @pytest.fixture(scope="module")
