@@ -10,12 +10,14 @@ Configuration (environment):
     DATABASE_URL      libpq connection string or URI; empty means libpq's PG* variables
     CREBITO_LISTEN    "unix:/path/to/socket" or "host:port" (default 0.0.0.0:8080)
     CREBITO_WORKERS   pre-forked worker processes, each with its own connection (default 3)
+    CREBITO_USUARIO   OS user to switch to once the socket is bound (when started as root)
 """
 
 import ctypes
 import json
 import logging
 import os
+import pwd
 import select
 import signal
 import sys
@@ -212,9 +214,21 @@ def _listen(endereco):
         if os.path.exists(caminho):
             os.unlink(caminho)
         bjoern.listen(app, endereco)
+        # Whoever may enter the socket's directory may connect (the launcher
+        # gives it to HAProxy's group alone), whichever user bound it.
+        os.chmod(caminho, 0o666)
     else:
         host, _, port = endereco.rpartition(":")
         bjoern.listen(app, host or "0.0.0.0", int(port))
+
+
+def _soltar_root(usuario):
+    """Gives root up for good before anything is served: with the socket bound,
+    nothing here needs it, and a flaw in request parsing must not reach it."""
+    info = pwd.getpwnam(usuario)
+    os.setgroups([])
+    os.setgid(info.pw_gid)
+    os.setuid(info.pw_uid)
 
 
 def _iniciar_worker():
@@ -238,6 +252,8 @@ def main():
     endereco = os.environ.get("CREBITO_LISTEN", "0.0.0.0:8080")
     n = int(os.environ.get("CREBITO_WORKERS", "3"))
     _listen(endereco)
+    if os.environ.get("CREBITO_USUARIO"):
+        _soltar_root(os.environ["CREBITO_USUARIO"])
 
     parando = False
     workers = {}  # pid -> start time

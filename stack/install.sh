@@ -28,6 +28,12 @@ if [ ${#faltam[@]} -gt 0 ]; then
     fi
 fi
 
+# The API instances' own OS user: a root launcher runs them as it, so they can
+# reach the database only as crebito_api (HAProxy's user comes with its package).
+if [ "$(id -u)" = 0 ] && ! id crebito-api >/dev/null 2>&1; then
+    useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin crebito-api
+fi
+
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
 touch .venv/.installed

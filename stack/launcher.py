@@ -2,7 +2,9 @@
 
 PostgreSQL (a private cluster under the data directory), two API instances
 (server.py) and HAProxy on :9999. Whatever dies is started again; Ctrl-C or
-SIGTERM stops everything cleanly. `--reset` wipes the data first, so the
+SIGTERM stops everything cleanly. Started as root, nothing it starts stays
+root: PostgreSQL runs as `postgres`, the API instances as `crebito-api` and
+HAProxy as `haproxy`, each switching user once its socket is bound. `--reset` wipes the data first, so the
 database holds only the five initial clients again. `--auditoria` starts
 nothing: it checks the running stack's books with api.auditoria() and exits
 non-zero when they show a violation.
@@ -32,6 +34,9 @@ import time
 
 RAIZ = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PG_PORTA = "5432"  # only names the unix socket; the cluster listens on no TCP port
+# The OS users a root launcher runs the API instances and HAProxy as; stack/install.sh creates the first.
+USUARIO_API = "crebito-api"
+USUARIO_HAPROXY = "haproxy"
 
 
 def log(msg):
@@ -60,8 +65,21 @@ class Stack:
         self.bin = pg_bin()
         self.porta = os.environ.get("CREBITO_PORT", "9999")
         self.workers = os.environ.get("CREBITO_WORKERS", "3")
-        # PostgreSQL refuses to run as root: it runs as `postgres` then.
-        self.usuario = "postgres" if os.geteuid() == 0 else None
+        # Started as root, each component gets a user of its own (PostgreSQL
+        # refuses root anyway); otherwise everything runs as the caller.
+        root = os.geteuid() == 0
+        self.usuario = "postgres" if root else None
+        self.usuario_api = USUARIO_API if root else None
+        self.usuario_haproxy = USUARIO_HAPROXY if root else None
+        for usuario in (self.usuario, self.usuario_api, self.usuario_haproxy):
+            if usuario is not None:
+                try:
+                    pwd.getpwnam(usuario)
+                except KeyError:
+                    sys.exit(f"crebito: OS user {usuario} is missing; run `bash stack/install.sh` as root to create it")
+        # Who started the stack: besides each component's own user, the only
+        # OS user the database lets in (the tests, make auditoria, bench/).
+        self.dono = pwd.getpwuid(os.geteuid()).pw_name
         self.processos = {}  # nome -> (Popen, started_at)
         self.parando = False
 
@@ -72,16 +90,24 @@ class Stack:
             return {}
         return {"user": self.usuario, "group": pwd.getpwnam(self.usuario).pw_gid, "extra_groups": []}
 
-    def _dono(self, caminho):
+    def _dono(self, caminho, usuario, grupo=None, modo=0o755):
+        """Creates `caminho` owned by `usuario` (and `grupo`'s group) with `modo`;
+        when not root, the caller keeps it and nobody else gets in."""
         os.makedirs(caminho, exist_ok=True)
-        if self.usuario is not None:
-            info = pwd.getpwnam(self.usuario)
-            os.chown(caminho, info.pw_uid, info.pw_gid)
+        if usuario is None:
+            os.chmod(caminho, modo & 0o700)
+            return
+        os.chown(caminho, pwd.getpwnam(usuario).pw_uid, pwd.getpwnam(grupo or usuario).pw_gid)
+        os.chmod(caminho, modo)
 
     def preparar_cluster(self):
-        self._dono(self.var)
-        self._dono(self.pgrun)
-        os.makedirs(self.sock, exist_ok=True)
+        # Other local users must reach neither the database's socket nor the
+        # API's: only the API's user may enter pgrun, only HAProxy's sock.
+        os.makedirs(self.var, exist_ok=True)
+        if self.usuario is not None:
+            self._dono(self.var, self.usuario)
+        self._dono(self.pgrun, self.usuario, self.usuario_api, 0o750)
+        self._dono(self.sock, self.usuario_api, self.usuario_haproxy, 0o750)
         if os.path.exists(os.path.join(self.pgdata, "PG_VERSION")):
             return False
         log(f"creating the PostgreSQL cluster in {self.pgdata}")
@@ -92,7 +118,9 @@ class Stack:
                 self.pgdata,
                 "-U",
                 "postgres",
-                "--auth=trust",
+                # Replaced by configurar() before the first start; never trust.
+                "--auth-local=peer",
+                "--auth-host=scram-sha-256",
                 "-E",
                 "UTF8",
                 "--locale=C",
@@ -118,7 +146,23 @@ class Stack:
         if extra:
             with open(extra) as f:
                 texto += f.read()
-        destino = os.path.join(self.pgdata, "crebito.conf")
+        self._escrever_no_cluster("crebito.conf", texto)
+        self._escrever_no_cluster(
+            "pg_hba.conf",
+            "# Written by stack/launcher.py: the unix socket only, by OS user.\nlocal all all peer map=crebito\n",
+        )
+        self._escrever_no_cluster("pg_ident.conf", self.mapa_de_usuarios())
+
+    def mapa_de_usuarios(self):
+        """pg_ident.conf: which OS user may connect as which role. The API's
+        user only as crebito_api; whoever started the stack as anything."""
+        pares = [("postgres", "postgres"), (self.dono, "postgres"), (self.dono, "crebito_api")]
+        if self.usuario_api is not None:
+            pares.append((self.usuario_api, "crebito_api"))
+        return "".join(f"crebito {so} {papel}\n" for so, papel in dict.fromkeys(pares))
+
+    def _escrever_no_cluster(self, nome, texto):
+        destino = os.path.join(self.pgdata, nome)
         with open(destino, "w") as f:
             f.write(texto)
         if self.usuario is not None:
@@ -161,7 +205,7 @@ class Stack:
                 DATABASE_URL=f"host={self.pgrun} port={PG_PORTA} dbname=crebito user=crebito_api "
                 "application_name=crebito connect_timeout=2",
             )
-            return [sys.executable, os.path.join(RAIZ, "server.py")], {}, env
+            return [sys.executable, os.path.join(RAIZ, "server.py")], {}, self._como(env, self.usuario_api)
         env = dict(
             os.environ,
             CREBITO_BIND=f"*:{self.porta}",
@@ -169,7 +213,17 @@ class Stack:
             CREBITO_API02=f"{self.sock}/api02.sock",
             CREBITO_WORKERS=self.workers,
         )
-        return ["haproxy", "-db", "-f", os.path.join(RAIZ, "haproxy.cfg")], {}, env
+        return ["haproxy", "-db", "-f", os.path.join(RAIZ, "haproxy.cfg")], {}, self._como(env, self.usuario_haproxy)
+
+    @staticmethod
+    def _como(env, usuario):
+        """The API and HAProxy start as the launcher's user, so they can read
+        the project wherever it is, and switch to CREBITO_USUARIO themselves
+        once their socket is bound, before they serve anything."""
+        env.pop("CREBITO_USUARIO", None)
+        if usuario is not None:
+            env["CREBITO_USUARIO"] = usuario
+        return env
 
     def iniciar(self, nome):
         cmd, extra, env = self._comando(nome)
