@@ -156,6 +156,8 @@ def test_nenhuma_autenticacao_trust():
     regras = [linha.split() for linha in hba.splitlines() if linha and not linha.startswith("#")]
     assert regras == [["local", "all", "postgres", "peer"], ["host", "crebito", "crebito_api", "all", "scram-sha-256"]]
     for arquivo in os.listdir(os.path.join(RAIZ, "docker")):
+        if not os.path.isfile(os.path.join(RAIZ, "docker", arquivo)):
+            continue
         assert "trust" not in ler("docker", arquivo).lower().replace("trusted", ""), arquivo
 
 

@@ -309,6 +309,24 @@ def test_arquivo_da_senha_0600_fora_do_repositorio(projeto):
     assert f"{st.st_uid}:{st.st_gid}" == usuario
 
 
+def test_bench_le_os_cgrupos_dos_conteineres(pilha_docker):
+    """bench/conteineres.py measures each container through the group the
+    engine made for it, and finds the docker-proxy serving the port."""
+    sys.path.insert(0, os.path.join(RAIZ, "bench"))
+    import conteineres
+    import pilha as bench
+
+    cgrupos = conteineres.CgruposDoEngine(pilha_docker.projeto, bench.orcamento()[0])
+    assert cgrupos.modo == "v1"
+    antes = {nome: cgrupos.cpu_s(nome) for nome in bench.COMPONENTES}
+    for _ in range(50):
+        assert pilha_docker.extrato(1).status == 200
+    for nome in bench.COMPONENTES:
+        assert cgrupos.cpu_s(nome) > antes[nome], nome
+        assert 0 < cgrupos.pico_mb(nome) <= cgrupos.limites[nome][1], nome
+    assert conteineres.docker_proxy(pilha_docker.porta)
+
+
 # -- kill -9 under load, and down ----------------------------------------------------------
 
 
