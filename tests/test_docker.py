@@ -81,8 +81,14 @@ def relatar(config, msg):
 def engine():
     if not motor.responde() and os.geteuid() != 0:
         pytest.skip("no Docker engine answers, and only root can start a private one")
-    with motor.motor() as env:
-        yield env
+    # A SIGTERM (a CI timeout) unwinds like Ctrl-C, so pytest still runs the
+    # finalizers that stop a private engine and remove its files.
+    anterior = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        with motor.motor() as env:
+            yield env
+    finally:
+        signal.signal(signal.SIGTERM, anterior)
 
 
 @pytest.fixture(scope="module")
