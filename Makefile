@@ -3,7 +3,7 @@ PY := .venv/bin/python
 # Workers of the distributed topology started by `make citus`.
 CREBITO_CITUS_WORKERS ?= 2
 
-.PHONY: run citus reset test lint auditoria
+.PHONY: run citus reset test lint auditoria docker
 run: .venv/.installed
 	$(PY) stack/launcher.py
 
@@ -18,6 +18,11 @@ reset: .venv/.installed
 # Checks the running stack's books; exits non-zero when api.auditoria() reports a violation.
 auditoria: .venv/.installed
 	$(PY) stack/launcher.py --auditoria
+
+# The same stack in Docker (compose.yml), in the foreground; Ctrl-C stops it and
+# removes its containers, the database's volume stays. Builds what is missing.
+docker:
+	python3 docker/projeto.py
 
 test: .venv/.installed
 	$(PY) -m pytest

@@ -1,6 +1,7 @@
 """The Docker compose deployment, checked without a Docker engine: compose.yml
 parsed as YAML against the challenge's rules and against the files it refers
-to (haproxy.cfg, server.py, db/, stack/postgresql.conf, Dockerfile)."""
+to (docker/*.Dockerfile, haproxy.cfg, server.py, db/, stack/postgresql.conf).
+tests/test_docker.py runs it on a real engine."""
 
 import fnmatch
 import os
@@ -13,7 +14,8 @@ from conftest import RAIZ
 
 SERVICOS = {"haproxy", "api01", "api02", "db"}
 APIS = ("api01", "api02")
-INIT_DIR = "/docker-entrypoint-initdb.d"
+IMAGEM = {"haproxy": "haproxy", "api01": "api", "api02": "api", "db": "db"}
+SEGREDO = "/run/secrets/crebito_api"
 
 
 def ler(*caminho):
@@ -42,16 +44,32 @@ def conninfo(texto):
     return dict(par.split("=", 1) for par in texto.split())
 
 
-def test_os_quatro_servicos(servicos):
+def instrucoes(dockerfile):
+    """(INSTRUCTION, argument) of each line of a Dockerfile, continuations joined."""
+    texto = re.sub(r"\\\n\s*", " ", ler(dockerfile))
+    return [tuple(linha.split(None, 1)) for linha in texto.splitlines() if linha.strip() and linha[0] != "#"]
+
+
+def test_os_quatro_servicos_construidos_de_docker(servicos):
     assert set(servicos) == SERVICOS
-    assert servicos["haproxy"]["image"] == "haproxy:2.6"
-    assert servicos["db"]["image"] == "postgres:15"
-    for nome in APIS:
-        assert servicos[nome]["build"] in (".", {"context": "."})
+    for nome, servico in servicos.items():
+        assert servico["image"] == f"crebito-{IMAGEM[nome]}:${{CREBITO_TAG:-latest}}"
+        build = servico["build"]
+        assert build["context"] == "."
+        assert build["dockerfile"] == f"docker/{IMAGEM[nome]}.Dockerfile"
+        # apt and pip reach their mirrors from the host's network.
+        assert build["network"] == "host"
+        assert os.path.isfile(os.path.join(RAIZ, build["dockerfile"]))
+
+
+def test_toda_imagem_parte_do_debian_bookworm_slim():
+    for nome in ("db", "api", "haproxy"):
+        froms = [arg.split()[0] for inst, arg in instrucoes(f"docker/{nome}.Dockerfile") if inst == "FROM"]
+        assert froms and set(froms) == {"debian:bookworm-slim"}, nome
 
 
 def test_so_o_haproxy_publica_a_porta_9999(servicos):
-    assert [str(p) for p in servicos["haproxy"]["ports"]] == ["9999:9999"]
+    assert [str(p) for p in servicos["haproxy"]["ports"]] == ["${CREBITO_PORT:-9999}:9999"]
     for nome in SERVICOS - {"haproxy"}:
         assert "ports" not in servicos[nome], nome
 
@@ -70,6 +88,15 @@ def test_limites_em_todo_servico_dentro_do_orcamento(servicos):
     assert memoria <= 550
 
 
+def test_todo_servico_volta_sozinho_e_o_banco_fica_num_volume(compose, servicos):
+    for nome, servico in servicos.items():
+        assert servico["restart"] in ("always", "unless-stopped"), nome
+    volume, destino = servicos["db"]["volumes"][0].split(":")[:2]
+    assert volume in compose["volumes"]
+    assert destino == "/var/lib/postgresql/data"
+    assert "VOLUME /var/lib/postgresql/data" in ler("docker", "db.Dockerfile")
+
+
 def test_haproxy_recebe_cada_variavel_do_seu_cfg(servicos):
     referenciadas = set(re.findall(r"\$\{(CREBITO_\w+)\}", ler("haproxy.cfg")))
     assert {"CREBITO_BIND", "CREBITO_API01", "CREBITO_API02", "CREBITO_WORKERS"} <= referenciadas
@@ -81,10 +108,9 @@ def test_haproxy_recebe_cada_variavel_do_seu_cfg(servicos):
     por_worker = {v for v in referenciadas if re.fullmatch(r"CREBITO_API0\d_\d", v)}
     assert referenciadas - opcionais - por_worker <= set(env)
     assert env["CREBITO_BIND"].endswith(":9999")
-    assert ("./haproxy.cfg", "/usr/local/etc/haproxy/haproxy.cfg") == tuple(
-        servicos["haproxy"]["volumes"][0].split(":")[:2]
-    )
-    assert os.path.isfile(os.path.join(RAIZ, "haproxy.cfg"))
+    copias = [arg.split() for inst, arg in instrucoes("docker/haproxy.Dockerfile") if inst == "COPY"]
+    assert ["haproxy.cfg", "/etc/haproxy/crebito.cfg"] in copias
+    assert "/etc/haproxy/crebito.cfg" in dict(instrucoes("docker/haproxy.Dockerfile"))["CMD"]
 
 
 def test_haproxy_aponta_para_as_apis_e_seus_workers(servicos):
@@ -103,7 +129,6 @@ def test_haproxy_aponta_para_as_apis_e_seus_workers(servicos):
 def test_ambiente_das_apis_e_o_que_o_server_le(servicos):
     lidas = set(re.findall(r"os\.environ(?:\.get\(|\[)\"(\w+)\"", ler("server.py")))
     assert {"DATABASE_URL", "CREBITO_LISTEN", "CREBITO_WORKERS"} <= lidas
-    db_env = ambiente(servicos["db"])
     for nome in APIS:
         env = ambiente(servicos[nome])
         assert set(env) <= lidas, set(env) - lidas
@@ -112,89 +137,109 @@ def test_ambiente_das_apis_e_o_que_o_server_le(servicos):
         dsn = conninfo(env["DATABASE_URL"])
         assert dsn["host"] == "db"
         assert dsn["user"] == "crebito_api"
-        assert dsn["dbname"] == db_env["POSTGRES_DB"]
+        assert dsn["dbname"] == "crebito"
         assert dsn.get("port", "5432") == "5432"
+        # The password comes from the compose secret, as a libpq passfile.
+        assert dsn["passfile"] == SEGREDO
+        assert servicos[nome]["secrets"] == ["crebito_api"]
         # The API starts only once the database answers.
         assert servicos[nome]["depends_on"]["db"]["condition"] == "service_healthy"
-    assert "healthcheck" in servicos["db"]
 
 
-def test_db_inicializa_com_o_schema(servicos):
-    montagens = [v.split(":") for v in servicos["db"]["volumes"]]
-    assert ["./db", INIT_DIR] in [m[:2] for m in montagens]
-    # The entrypoint runs the top-level *.sh and *.sql[.gz|.xz|.zst] files of
-    # its init directory, in name order, and skips subdirectories: schema.sql
-    # must be the only one, and it must include every function itself.
-    executados = sorted(
-        f
-        for f in os.listdir(os.path.join(RAIZ, "db"))
-        if os.path.isfile(os.path.join(RAIZ, "db", f))
-        and any(fnmatch.fnmatch(f, p) for p in ("*.sh", "*.sql", "*.sql.gz", "*.sql.xz", "*.sql.zst"))
-    )
-    assert executados == ["schema.sql"]
+def test_senha_e_um_segredo_de_fora_do_repositorio(compose, servicos):
+    assert compose["secrets"]["crebito_api"]["file"].startswith("${CREBITO_SENHA_API:?")
+    assert servicos["db"]["secrets"] == ["crebito_api"]
+    assert SEGREDO in ler("docker", "db-entrypoint.sh")
+
+
+def test_nenhuma_autenticacao_trust():
+    assert "POSTGRES_HOST_AUTH_METHOD" not in ler("compose.yml")
+    entrada = ler("docker", "db-entrypoint.sh")
+    hba = re.search(r"pg_hba.conf\" <<'EOF'\n(.*?)\nEOF", entrada, re.S).group(1)
+    regras = [linha.split() for linha in hba.splitlines() if linha and not linha.startswith("#")]
+    assert regras == [["local", "all", "postgres", "peer"], ["host", "crebito", "crebito_api", "all", "scram-sha-256"]]
+    for arquivo in os.listdir(os.path.join(RAIZ, "docker")):
+        if not os.path.isfile(os.path.join(RAIZ, "docker", arquivo)):
+            continue
+        assert "trust" not in ler("docker", arquivo).lower().replace("trusted", ""), arquivo
+
+
+def test_usuarios_sem_root():
+    # HAProxy binds 9999 (> 1024); the API needs no privilege at all.
+    assert dict(instrucoes("docker/haproxy.Dockerfile"))["USER"] == "haproxy"
+    usuario = [arg for inst, arg in instrucoes("docker/api.Dockerfile") if inst == "USER"][-1]
+    assert usuario.split(":")[0] not in ("0", "root")
+    # The db's entrypoint reads the secret as root, then runs everything as postgres.
+    entrada = ler("docker", "db-entrypoint.sh")
+    assert re.search(r"^exec setpriv --reuid=postgres .* postgres -D", entrada, re.M)
+
+
+def test_db_inicializa_com_o_schema():
+    copias = [arg.split() for inst, arg in instrucoes("docker/db.Dockerfile") if inst == "COPY"]
+    assert ["db", "/usr/share/crebito/db"] in copias
+    entrada = ler("docker", "db-entrypoint.sh")
+    assert "-v ON_ERROR_STOP=1 -d crebito -f /usr/share/crebito/db/schema.sql" in entrada
+    # schema.sql includes every function itself.
     incluidas = set(re.findall(r"^\\ir (functions/\S+\.sql)$", ler("db", "schema.sql"), re.M))
     funcoes = {f"functions/{f}" for f in os.listdir(os.path.join(RAIZ, "db", "functions")) if f.endswith(".sql")}
     assert funcoes and incluidas == funcoes
 
 
-def test_db_com_as_configuracoes_do_cluster_nativo(servicos):
-    comando = servicos["db"]["command"]
-    assert comando[0] == "postgres"
-    assert comando[1::2] == ["-c"] * (len(comando) // 2)
-    flags = dict(c.split("=", 1) for c in comando[2::2])
-    nativo = {}
-    for linha in ler("stack", "postgresql.conf").splitlines():
+def configuracoes(texto):
+    lidas = {}
+    for linha in texto.splitlines():
         linha = linha.split("#", 1)[0].strip()
         if linha:
             chave, valor = (p.strip() for p in linha.split("=", 1))
-            nativo[chave] = valor.strip("'")
-    # Same settings, same values; only listening differs: TCP inside the network.
-    assert set(flags) == set(nativo)
-    assert {k: v for k, v in flags.items() if k != "listen_addresses"} == {
-        k: v for k, v in nativo.items() if k != "listen_addresses"
-    }
-    assert nativo["listen_addresses"] == ""
-    assert flags["listen_addresses"] == "*"
-    # Durable, as the native cluster.
-    assert flags["fsync"] == flags["synchronous_commit"] == "on"
+            lidas[chave] = valor.strip("'")
+    return lidas
+
+
+def test_db_com_as_configuracoes_do_cluster_nativo(servicos):
+    # One source: stack/postgresql.conf built in, and after it only what TCP needs.
+    assert "command" not in servicos["db"]
+    copias = [arg.split() for inst, arg in instrucoes("docker/db.Dockerfile") if inst == "COPY"]
+    assert ["stack/postgresql.conf", "/etc/crebito/postgresql.conf"] in copias
+    assert ["docker/postgresql.conf", "/etc/crebito/docker.conf"] in copias
+    assert configuracoes(ler("docker", "postgresql.conf")) == {"listen_addresses": "*"}
+    entrada = ler("docker", "db-entrypoint.sh")
+    assert entrada.index("include '/etc/crebito/postgresql.conf'") < entrada.index("include '/etc/crebito/docker.conf'")
+    nativo = configuracoes(ler("stack", "postgresql.conf"))
+    assert nativo["fsync"] == nativo["synchronous_commit"] == "on"
     # Both instances' workers fit, besides the superuser's reserved slots.
     workers = sum(int(ambiente(servicos[n])["CREBITO_WORKERS"]) for n in APIS)
-    assert int(flags["max_connections"]) >= workers + 3
+    assert int(nativo["max_connections"]) >= workers + 3
 
 
-def test_trust_so_sem_porta_publicada(servicos):
-    env = ambiente(servicos["db"])
-    if env.get("POSTGRES_HOST_AUTH_METHOD") == "trust":
-        assert "ports" not in servicos["db"]
-    else:
-        assert env.get("POSTGRES_PASSWORD")
-
-
-def test_healthcheck_do_db_usa_tcp(servicos):
-    # During init the entrypoint's temporary server answers on the unix
-    # socket only; a check over the socket would pass before the schema exists.
+def test_healthcheck_do_db_usa_tcp_como_a_api(servicos):
+    # While the schema loads, the server listens on no TCP port: a check over
+    # TCP, with the API's role and password, passes only once it is done.
     teste = servicos["db"]["healthcheck"]["test"]
-    assert "pg_isready" in teste
-    assert "-h" in teste and teste[teste.index("-h") + 1] in ("127.0.0.1", "localhost")
+    assert teste[:2] == ["CMD", "psql"]
+    dsn = conninfo(next(t for t in teste if t.startswith("host=")))
+    assert dsn == {"host": "127.0.0.1", "dbname": "crebito", "user": "crebito_api", "passfile": SEGREDO}
 
 
-def test_dockerfile_copia_arquivos_que_existem(servicos):
-    dockerfile = ler("Dockerfile")
-    instrucoes = [linha.split(None, 1) for linha in dockerfile.splitlines() if linha and not linha.startswith("#")]
-    assert instrucoes[0] == ["FROM", "python:3.11-slim-bookworm"]
-    copiados = [arg.split()[0] for inst, arg in (i for i in instrucoes if len(i) == 2) if inst == "COPY"]
-    assert set(copiados) == {"server.py", "requirements.txt"}
+def test_dockerfiles_copiam_arquivos_que_existem_no_contexto():
     ignorar = [p for p in ler(".dockerignore").splitlines() if p and not p.startswith("#")]
-    for arquivo in copiados:
-        assert os.path.isfile(os.path.join(RAIZ, arquivo))
-        # The last matching .dockerignore pattern decides; "!" keeps a file in the context.
-        decisao = [p for p in ignorar if fnmatch.fnmatch(arquivo, p.lstrip("!"))]
-        assert decisao and decisao[-1].startswith("!"), arquivo
-    assert "pip install --no-cache-dir -r requirements.txt" in dockerfile
-    # The compiler leaves in the layer that used it.
-    assert re.search(r"apt-get purge -y --auto-remove [^\n]*gcc", dockerfile)
-    assert 'CMD ["python", "server.py"]' in dockerfile
-    assert "CREBITO_LISTEN=0.0.0.0:8080" in dockerfile
+    for nome in ("db", "api", "haproxy"):
+        for inst, arg in instrucoes(f"docker/{nome}.Dockerfile"):
+            if inst != "COPY" or arg.startswith("--from"):
+                continue
+            origem = arg.split()[0]
+            assert os.path.exists(os.path.join(RAIZ, origem)), origem
+            # The last matching .dockerignore pattern decides; "!" keeps a file in the context.
+            decisao = [p for p in ignorar if fnmatch.fnmatch(origem, p.lstrip("!").rstrip("/"))]
+            assert decisao and decisao[-1].startswith("!"), origem
+
+
+def test_api_compila_num_estagio_e_roda_sem_compilador():
+    estagios = re.split(r"^FROM ", ler("docker", "api.Dockerfile"), flags=re.M)[1:]
+    assert len(estagios) == 2
+    construcao, final = estagios
+    assert "pip install --no-cache-dir" in construcao and "-r /tmp/requirements.txt" in construcao
+    assert "gcc" in construcao and "gcc" not in final and "-dev" not in final
+    assert "COPY --from=construcao /opt/crebito /opt/crebito" in final
     # Every runtime requirement is pinned, so the image is reproducible.
     for linha in ler("requirements.txt").splitlines():
         if linha and not linha.startswith("#"):

@@ -1,0 +1,194 @@
+"""crebito's compose project, driven from Python: what `make docker`, the
+tests and the benchmarks share. Builds what is missing (the Debian base with
+docker/base.sh, the three images, the password file with docker/senha.sh),
+and starts, inspects and removes one compose project.
+
+    python docker/projeto.py     # make docker: build what is missing or changed, run
+                                 # in the foreground; Ctrl-C stops and removes
+                                 # the containers (the volume stays)
+
+Environment: DOCKER_HOST (the engine; when none answers and we are root, a
+private one is started, see docker/motor.py), COMPOSE_PROJECT_NAME,
+CREBITO_PORT (host port, default 9999), CREBITO_TAG (image tag, default
+latest), CREBITO_SENHA_API (the password file, default in ~/.config/crebito).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import motor
+
+RAIZ = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMPOSE = os.path.join(RAIZ, "compose.yml")
+IMAGENS = ("db", "api", "haproxy")
+SERVICOS = ("db", "api01", "api02", "haproxy")
+
+
+def comando_compose(env=None):
+    """`docker compose` (v2) where the plugin exists, else docker-compose v1,
+    whose --compatibility turns deploy.resources.limits into real limits."""
+    v2 = subprocess.run(["docker", "compose", "version"], env=env, capture_output=True)
+    if v2.returncode == 0:
+        return ["docker", "compose"]
+    return ["docker-compose", "--compatibility"]
+
+
+class Projeto:
+    def __init__(self, env, nome=None, porta=None, tag=None, senha=None):
+        self.env = dict(env)
+        if nome:
+            self.env["COMPOSE_PROJECT_NAME"] = nome
+        if porta:
+            self.env["CREBITO_PORT"] = str(porta)
+        if tag:
+            self.env["CREBITO_TAG"] = tag
+        if senha:
+            self.env["CREBITO_SENHA_API"] = senha
+        self.nome = self.env.get("COMPOSE_PROJECT_NAME") or os.path.basename(RAIZ)
+        self.porta = int(self.env.get("CREBITO_PORT", "9999"))
+        self.tag = self.env.get("CREBITO_TAG", "latest")
+        self.compose_cmd = comando_compose(self.env)
+
+    def compose(self, *args, **kw):
+        kw.setdefault("check", True)
+        cmd = [*self.compose_cmd, "-f", COMPOSE, "-p", self.nome, *args]
+        return subprocess.run(cmd, env=self.env, cwd=RAIZ, **kw)
+
+    def docker(self, *args, **kw):
+        kw.setdefault("check", True)
+        return subprocess.run(["docker", *args], env=self.env, **kw)
+
+    def imagem(self, nome):
+        return f"crebito-{nome}:{self.tag}"
+
+    def imagens_faltando(self):
+        faltam = []
+        for nome in IMAGENS:
+            r = self.docker("image", "inspect", self.imagem(nome), capture_output=True, check=False)
+            if r.returncode:
+                faltam.append(nome)
+        return faltam
+
+    def senha(self):
+        """The password file's path, made by docker/senha.sh when missing."""
+        r = subprocess.run(
+            ["bash", os.path.join(RAIZ, "docker", "senha.sh")],
+            env=self.env,
+            check=True,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.env["CREBITO_SENHA_API"] = r.stdout.strip()
+        return self.env["CREBITO_SENHA_API"]
+
+    def construir(self, sempre=False):
+        """The base image, the images (all of them when sempre, else the
+        missing ones) and the password file."""
+        subprocess.run(["bash", os.path.join(RAIZ, "docker", "base.sh")], env=self.env, check=True)
+        # compose reads the secret's path even to build; the file itself
+        # needs the API image (its owner is the image's user).
+        self.env.setdefault("CREBITO_SENHA_API", os.devnull)
+        if sempre or self.imagens_faltando():
+            self.compose("build")
+        if self.env["CREBITO_SENHA_API"] == os.devnull:
+            del self.env["CREBITO_SENHA_API"]
+        return self.senha()
+
+    def container(self, servico):
+        r = self.compose("ps", "-q", servico, stdout=subprocess.PIPE, text=True)
+        ids = r.stdout.split()
+        if len(ids) != 1:
+            raise RuntimeError(f"{servico}: containers {ids}")
+        return ids[0]
+
+    def inspecionar(self, servico):
+        r = self.docker("inspect", self.container(servico), stdout=subprocess.PIPE, text=True)
+        return json.loads(r.stdout)[0]
+
+    def ip(self, servico):
+        redes = self.inspecionar(servico)["NetworkSettings"]["Networks"]
+        return next(iter(redes.values()))["IPAddress"]
+
+    def pid(self, servico):
+        """The host pid of the container's first process (0 when stopped)."""
+        return self.inspecionar(servico)["State"]["Pid"]
+
+    def psql(self, sql):
+        """Runs sql in crebito as the superuser `postgres`, who may connect
+        only inside the db container; returns the rows, fields split on |."""
+        r = self.docker(
+            "exec",
+            "-u",
+            "postgres",
+            self.container("db"),
+            "psql",
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            "crebito",
+            "-c",
+            sql,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        return [linha.split("|") for linha in r.stdout.splitlines() if linha]
+
+    def rotulados(self, tipo):
+        """The project's containers, volumes or networks still in the engine."""
+        r = self.docker(
+            tipo,
+            "ls",
+            *(["-a"] if tipo == "container" else []),
+            "-q",
+            "--filter",
+            f"label=com.docker.compose.project={self.nome}",
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        return r.stdout.split()
+
+    def descer(self, volumes=True):
+        self.compose("down", "--remove-orphans", *(["-v"] if volumes else []), check=False, capture_output=True)
+
+
+def main():
+    # `make docker`: Ctrl-C (or SIGTERM) stops and removes the containers.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        # A private engine keeps its images and volumes here between runs.
+        with motor.motor(dados="/var/lib/crebito-docker") as env:
+            projeto = Projeto(env)
+            # Every time: the engine's cache makes it quick, and an image
+            # never lags behind an edited Dockerfile or source file.
+            projeto.construir(sempre=True)
+            motor.log(f"project {projeto.nome} on http://127.0.0.1:{projeto.porta} (Ctrl-C stops)")
+            try:
+                projeto.compose("up", "--no-build", check=False)
+            except KeyboardInterrupt:
+                pass
+            finally:
+                with _sem_interrupcao():
+                    projeto.descer(volumes=False)
+    except KeyboardInterrupt:
+        pass
+
+
+class _sem_interrupcao:
+    """A second Ctrl-C must not leave the containers behind half-removed."""
+
+    def __enter__(self):
+        self.antes = signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self.antes)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

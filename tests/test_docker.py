@@ -1,0 +1,422 @@
+"""The Docker deployment, run for real: the three images built from the
+Debian base, compose.yml brought up on a Docker engine (the one DOCKER_HOST
+names, or a private dockerd started for this module when none answers and we
+are root), and then the official phases and the HTTP contract against it, the
+limits the engine applied, the users its processes run as, the password
+PostgreSQL asks for, kill -9 under idempotent load, and `down -v`.
+
+Everything this module creates carries its own project name and image tag,
+and is removed afterwards: a system engine's other containers, images and
+volumes are never touched."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+
+import psycopg
+import pytest
+import test_fases_oficiais
+import test_http_contrato
+import yaml
+from conftest import LIMITES, RAIZ, Stack, porta_livre
+from test_falhas import SEM_RESPOSTA, ClienteDoBanco, esperar, primeiro_200
+
+sys.path.insert(0, os.path.join(RAIZ, "docker"))
+import motor  # noqa: E402
+from projeto import SERVICOS, Projeto  # noqa: E402
+
+# The official phases and every HTTP contract test, collected here again:
+# their `http` and `api_db` fixtures are this module's, on the compose stack.
+for _modulo in (test_fases_oficiais, test_http_contrato):
+    globals().update({nome: f for nome, f in vars(_modulo).items() if nome.startswith("test_")})
+
+WORKERS = 3
+# Time to wait for the stack after `up`, a first start included (initdb).
+PRONTO_EM = 120
+
+
+class PilhaCompose(Stack):
+    """The compose stack, with the native Stack's HTTP helpers."""
+
+    def __init__(self, projeto):
+        super().__init__(var=None, porta=projeto.porta, workers=WORKERS, launcher=None)
+        self.projeto = projeto
+
+    def esperar_pronto(self, limite=PRONTO_EM):
+        fim = time.monotonic() + limite
+        while time.monotonic() < fim:
+            try:
+                if self.extrato(1).status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        logs = self.projeto.compose("logs", "--tail", "30", stdout=subprocess.PIPE, text=True, check=False)
+        raise RuntimeError(f"the compose stack did not answer in {limite}s:\n{logs.stdout}")
+
+    def dsn(self, user="crebito_api", passfile=None):
+        """Over compose's network, as the API connects (the host reaches it
+        through the network's bridge)."""
+        passfile = passfile or self.projeto.env["CREBITO_SENHA_API"]
+        ip = self.projeto.ip("db")
+        return f"host={ip} port=5432 dbname=crebito user={user} passfile={passfile} connect_timeout=5"
+
+
+def relatar(config, msg):
+    """Figures worth seeing in every run (not asserted: the machine is shared)."""
+    captura = config.pluginmanager.get_plugin("capturemanager")
+    with captura.global_and_fixture_disabled():
+        print(f"\ndocker: {msg}", flush=True)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    if not motor.responde() and os.geteuid() != 0:
+        pytest.skip("no Docker engine answers, and only root can start a private one")
+    # A SIGTERM (a CI timeout) unwinds like Ctrl-C, so pytest still runs the
+    # finalizers that stop a private engine and remove its files.
+    anterior = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        with motor.motor() as env:
+            yield env
+    finally:
+        signal.signal(signal.SIGTERM, anterior)
+
+
+@pytest.fixture(scope="module")
+def projeto(engine, pytestconfig):
+    """The images built once, and the password file, for this module."""
+    marca = uuid.uuid4().hex[:8]
+    pasta = tempfile.mkdtemp(prefix="crebito-senha-")
+    p = Projeto(
+        engine,
+        nome=f"crebito-teste-{marca}",
+        porta=porta_livre(),
+        tag=f"teste-{marca}",
+        senha=os.path.join(pasta, "crebito_api.pgpass"),
+    )
+    try:
+        t0 = time.monotonic()
+        p.construir(sempre=True)
+        relatar(pytestconfig, f"base image and three images built in {time.monotonic() - t0:.1f}s")
+        yield p
+    finally:
+        p.descer()
+        for nome in ("db", "api", "haproxy"):
+            p.docker("rmi", p.imagem(nome), capture_output=True, check=False)
+        shutil.rmtree(pasta, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def pilha_docker(projeto, pytestconfig):
+    """The compose stack, up; its time to the first 200 is reported."""
+    t0 = time.monotonic()
+    projeto.compose("up", "-d", "--no-build")
+    pilha = PilhaCompose(projeto)
+    pilha.esperar_pronto()
+    pilha.primeiro_200 = time.monotonic() - t0
+    relatar(pytestconfig, f"`up` to the first 200, the database initialised: {pilha.primeiro_200:.1f}s")
+    yield pilha
+    projeto.descer()
+
+
+def zerar(pilha):
+    pilha.projeto.psql(
+        "truncate crebito.idempotencia, crebito.transacao restart identity; update crebito.cliente set saldo = 0"
+    )
+
+
+@pytest.fixture
+def http(pilha_docker):
+    zerar(pilha_docker)
+    return pilha_docker
+
+
+@pytest.fixture
+def api_db(http):
+    with psycopg.connect(http.dsn(), autocommit=True) as conn:
+        yield conn
+
+
+# -- the images ---------------------------------------------------------------------
+
+
+def test_imagens_da_mesma_base_debian(projeto, pytestconfig):
+    def inspecionar(imagem):
+        r = projeto.docker("image", "inspect", imagem, stdout=subprocess.PIPE, text=True)
+        return json.loads(r.stdout)[0]
+
+    base = inspecionar("debian:bookworm-slim")["RootFS"]["Layers"]
+    tamanhos = {}
+    for nome in ("db", "api", "haproxy"):
+        imagem = inspecionar(projeto.imagem(nome))
+        assert imagem["RootFS"]["Layers"][: len(base)] == base, nome
+        tamanhos[nome] = imagem["Size"] / 1e6
+    relatar(pytestconfig, "image sizes (MB): " + ", ".join(f"{n} {mb:.0f}" for n, mb in tamanhos.items()))
+
+
+def pacotes(projeto, imagem, nomes):
+    """{package: version} of those of nomes installed in the image."""
+    r = projeto.docker(
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--entrypoint",
+        "dpkg-query",
+        imagem,
+        "-W",
+        "-f",
+        "${Package}|${Version}|${db:Status-Status}\\n",
+        *nomes,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        check=False,
+    )
+    return {p: v for p, v, st in (linha.split("|") for linha in r.stdout.splitlines()) if st == "installed"}
+
+
+def test_as_imagens_rodam_os_pacotes_debian_do_nativo(projeto):
+    esperados = {"db": ["postgresql-15"], "haproxy": ["haproxy"], "api": ["python3.11", "libev4"]}
+    for nome, lista in esperados.items():
+        versoes = pacotes(projeto, projeto.imagem(nome), lista)
+        assert set(versoes) == set(lista), nome
+        # Where this machine runs the native stack, the same upstream release
+        # (the Debian revision may differ: the image gets the mirror's newest).
+        nativo = subprocess.run(
+            ["dpkg-query", "-W", "-f", "${Package}|${Version}|${db:Status-Status}\\n", *lista],
+            capture_output=True,
+            text=True,
+        )
+        for p, v, st in (linha.split("|") for linha in nativo.stdout.splitlines()):
+            if st == "installed":
+                assert versoes[p].split("-")[0] == v.split("-")[0], (nome, p, versoes[p], v)
+
+
+def test_imagem_da_api_sem_ferramentas_de_compilacao(projeto):
+    assert pacotes(projeto, projeto.imagem("api"), ["gcc", "libc6-dev", "libev-dev", "python3-dev"]) == {}
+    assert pacotes(projeto, projeto.imagem("api"), ["libev4"]) != {}
+
+
+# -- the stack ------------------------------------------------------------------------
+
+
+def test_primeiro_200_depois_do_up(pilha_docker):
+    assert pilha_docker.primeiro_200 > 0
+    r = pilha_docker.extrato(1)
+    assert r.status == 200
+    assert r.json["saldo"]["limite"] == LIMITES[1]
+
+
+def limites_do_compose():
+    with open(os.path.join(RAIZ, "compose.yml")) as f:
+        servicos = yaml.safe_load(f)["services"]
+    return {nome: s["deploy"]["resources"]["limits"] for nome, s in servicos.items()}
+
+
+def cgrupo(pid, controlador):
+    """The container's cgroup v1 directory for controlador, from /proc."""
+    with open(f"/proc/{pid}/cgroup") as f:
+        for linha in f:
+            _, controladores, caminho = linha.rstrip("\n").split(":", 2)
+            if controlador in controladores.split(","):
+                return f"/sys/fs/cgroup/{controladores}{caminho}"
+    raise LookupError(controlador)
+
+
+def ler_int(caminho):
+    with open(caminho) as f:
+        return int(f.read())
+
+
+def test_limites_aplicados_pelo_engine_iguais_aos_do_compose(pilha_docker):
+    limites = limites_do_compose()
+    assert set(limites) == set(SERVICOS)
+    for servico, limite in limites.items():
+        info = pilha_docker.projeto.inspecionar(servico)
+        host = info["HostConfig"]
+        memoria = int(limite["memory"].removesuffix("MB")) * 2**20
+        nano = round(float(limite["cpus"]) * 1e9)
+        assert host["Memory"] == memoria, servico
+        if host["NanoCpus"]:
+            assert host["NanoCpus"] == nano, servico
+        else:
+            assert host["CpuQuota"] * 1e9 / host["CpuPeriod"] == nano, servico
+        # And what the kernel enforces: the container's cgroups.
+        pid = info["State"]["Pid"]
+        assert ler_int(os.path.join(cgrupo(pid, "memory"), "memory.limit_in_bytes")) == memoria, servico
+        cpu = cgrupo(pid, "cpu")
+        quota, periodo = ler_int(os.path.join(cpu, "cpu.cfs_quota_us")), ler_int(os.path.join(cpu, "cpu.cfs_period_us"))
+        assert round(quota * 1e9 / periodo) == nano, servico
+
+
+def arvore(pid):
+    pids = [pid]
+    for p in pids:
+        for tarefa in os.listdir(f"/proc/{p}/task"):
+            with open(f"/proc/{p}/task/{tarefa}/children") as f:
+                pids.extend(int(c) for c in f.read().split())
+    return pids
+
+
+def uids(pid):
+    with open(f"/proc/{pid}/status") as f:
+        linha = next(linha for linha in f if linha.startswith("Uid:"))
+    return [int(u) for u in linha.split()[1:]]
+
+
+def test_nenhum_processo_da_pilha_roda_como_root(pilha_docker):
+    for servico in SERVICOS:
+        pids = arvore(pilha_docker.projeto.pid(servico))
+        assert len(pids) >= (2 if servico != "haproxy" else 1), servico
+        for pid in pids:
+            assert 0 not in uids(pid), (servico, pid, uids(pid))
+
+
+def test_postgres_recusa_conexao_sem_a_senha(pilha_docker, tmp_path):
+    vazio = tmp_path / "vazio"
+    vazio.write_text("")
+    vazio.chmod(0o600)
+    errada = tmp_path / "errada"
+    errada.write_text("*:*:crebito:crebito_api:outra\n*:*:*:postgres:outra\n")
+    errada.chmod(0o600)
+    with pytest.raises(psycopg.OperationalError, match="password"):
+        psycopg.connect(pilha_docker.dsn(passfile=vazio))
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(pilha_docker.dsn(passfile=errada))
+    # The superuser and the tables' owner have no way in over the network at all.
+    for usuario in ("postgres", "crebito"):
+        with pytest.raises(psycopg.OperationalError, match="no pg_hba.conf entry"):
+            psycopg.connect(pilha_docker.dsn(usuario, passfile=errada))
+    # With the secret: the API's role, which may only call the api functions.
+    with psycopg.connect(pilha_docker.dsn(), autocommit=True) as conn:
+        assert conn.execute("select status from api.extrato(1)").fetchone() == (200,)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("select saldo from crebito.cliente")
+
+
+def test_arquivo_da_senha_0600_fora_do_repositorio(projeto):
+    caminho = projeto.env["CREBITO_SENHA_API"]
+    st = os.stat(caminho)
+    assert st.st_mode & 0o777 == 0o600
+    assert not os.path.realpath(caminho).startswith(RAIZ + os.sep)
+    usuario = projeto.docker(
+        "image", "inspect", "-f", "{{.Config.User}}", projeto.imagem("api"), stdout=subprocess.PIPE, text=True
+    ).stdout.strip()
+    assert f"{st.st_uid}:{st.st_gid}" == usuario
+
+
+def test_bench_le_os_cgrupos_dos_conteineres(pilha_docker):
+    """bench/conteineres.py measures each container through the group the
+    engine made for it, and finds the docker-proxy serving the port."""
+    sys.path.insert(0, os.path.join(RAIZ, "bench"))
+    import conteineres
+    import pilha as bench
+
+    cgrupos = conteineres.CgruposDoEngine(pilha_docker.projeto, bench.orcamento()[0])
+    assert cgrupos.modo == "v1"
+    antes = {nome: cgrupos.cpu_s(nome) for nome in bench.COMPONENTES}
+    for _ in range(50):
+        assert pilha_docker.extrato(1).status == 200
+    for nome in bench.COMPONENTES:
+        assert cgrupos.cpu_s(nome) > antes[nome], nome
+        assert 0 < cgrupos.pico_mb(nome) <= cgrupos.limites[nome][1], nome
+    assert conteineres.docker_proxy(pilha_docker.porta)
+
+
+# -- kill -9 under load, and down ----------------------------------------------------------
+
+
+def esperar_reinicio(projeto, servico, pid_antigo, saudavel=False):
+    def voltou():
+        info = projeto.inspecionar(servico)
+        pid = info["State"]["Pid"]
+        if not pid or pid == pid_antigo:
+            return False
+        return not saudavel or info["State"].get("Health", {}).get("Status") == "healthy"
+
+    return esperar(voltou, 60, passo=0.2)
+
+
+def test_kill9_da_api01_e_do_db_sob_carga_idempotente(http, capsys):
+    projeto = http.projeto
+    parar = threading.Event()
+    clientes = [ClienteDoBanco(i, http, parar) for i in range(4)]
+    for c in clientes:
+        c.start()
+    medidas = []
+    try:
+        time.sleep(2)
+        for servico in ("api01", "db"):
+            pid = projeto.pid(servico)
+            os.kill(pid, signal.SIGKILL)
+            t0 = time.monotonic()
+            assert esperar_reinicio(projeto, servico, pid, saudavel=servico == "db"), f"{servico} did not come back"
+            ate_volta = time.monotonic() - t0
+            ate_200 = primeiro_200(http, t0, limite=60)
+            assert ate_200 is not None, f"no 200 within 60s of killing {servico}"
+            medidas.append((servico, ate_volta, ate_200))
+            time.sleep(2)
+    finally:
+        parar.set()
+        for c in clientes:
+            c.join(timeout=90)
+    assert not any(c.is_alive() for c in clientes)
+
+    status = sum((c.status for c in clientes), Counter())
+    aceitas = {k: v for c in clientes for k, v in c.aceitas.items()}
+    livro = {
+        (int(cliente), chave): (int(st), resposta, tid)
+        for cliente, chave, st, resposta, tid in projeto.psql(
+            "select i.cliente_id, i.chave, i.status, i.resposta, t.id from crebito.idempotencia as i"
+            " left join crebito.transacao as t on t.id = i.transacao_id and t.cliente_id = i.cliente_id"
+        )
+    }
+    [[linhas]] = projeto.psql("select count(*) from crebito.transacao")
+    with capsys.disabled():
+        for servico, ate_volta, ate_200 in medidas:
+            print(f"\ndocker: kill -9 {servico}: running again in {ate_volta:.1f}s, first 200 after {ate_200:.1f}s")
+        print(f"docker: answers {dict(status)}; acknowledged {len(aceitas)}; ledger rows {linhas}")
+
+    for servico in ("api01", "db"):
+        assert projeto.inspecionar(servico)["RestartCount"] >= 1, servico
+    assert [x for c in clientes for x in c.inesperadas] == []
+    assert [x for c in clientes for x in c.abandonadas] == []
+    assert status[500] == 0
+    # The faults were felt, and the load went on around them.
+    assert sum(status[s] for s in SEM_RESPOSTA) > 0
+    assert len(aceitas) > 50
+    # Every acknowledged transaction is there once, with the answer the client saw.
+    for chave, corpo in aceitas.items():
+        assert livro[chave][:2] == (200, corpo), chave
+        assert livro[chave][2], chave
+    assert int(linhas) == len(aceitas)
+    with psycopg.connect(http.dsn(), autocommit=True) as conn:
+        assert conn.execute("select * from api.auditoria()").fetchall() == []
+
+
+def test_outro_projeto_e_outra_pilha_e_down_remove_tudo(projeto, http):
+    # The module's stack holds a transaction; a second project name starts empty.
+    assert http.transacao(1, 10, "c", "primeira").status == 200
+    outro = Projeto(projeto.env, nome=f"{projeto.nome}-b", porta=porta_livre())
+    try:
+        outro.compose("up", "-d", "--no-build")
+        segunda = PilhaCompose(outro)
+        segunda.esperar_pronto()
+        assert segunda.extrato(1).json["saldo"]["total"] == 0
+        assert http.extrato(1).json["saldo"]["total"] == 10
+        for tipo in ("container", "volume", "network"):
+            assert outro.rotulados(tipo), tipo
+    finally:
+        outro.descer()
+    for tipo in ("container", "volume", "network"):
+        assert outro.rotulados(tipo) == [], tipo
