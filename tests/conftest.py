@@ -102,18 +102,23 @@ class Stack:
     def extrato(self, cliente):
         return self.pedir("GET", f"/clientes/{cliente}/extrato")
 
-    def esperar_pronto(self, limite=120):
+    def atendeu(self, limite):
+        """True once GET /clientes/1/extrato answers 200, False after `limite` seconds."""
         fim = time.monotonic() + limite
         while time.monotonic() < fim:
-            if self.launcher.poll() is not None:
+            if self.launcher is not None and self.launcher.poll() is not None:
                 raise RuntimeError(f"the launcher exited with {self.launcher.returncode}")
             try:
                 if self.extrato(1).status == 200:
-                    return
+                    return True
             except OSError:
                 pass
             time.sleep(0.05)
-        raise RuntimeError("the stack did not answer in time")
+        return False
+
+    def esperar_pronto(self, limite=120):
+        if not self.atendeu(limite):
+            raise RuntimeError("the stack did not answer in time")
 
 
 @contextlib.contextmanager

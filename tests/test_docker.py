@@ -51,14 +51,8 @@ class PilhaCompose(Stack):
         self.projeto = projeto
 
     def esperar_pronto(self, limite=PRONTO_EM):
-        fim = time.monotonic() + limite
-        while time.monotonic() < fim:
-            try:
-                if self.extrato(1).status == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.05)
+        if self.atendeu(limite):
+            return
         logs = self.projeto.compose("logs", "--tail", "30", stdout=subprocess.PIPE, text=True, check=False)
         raise RuntimeError(f"the compose stack did not answer in {limite}s:\n{logs.stdout}")
 
