@@ -179,18 +179,25 @@ def stack(topologia):
         yield s
 
 
+def sql_de_zerar(citus=False):
+    """The statements that bring a database back to the five initial clients."""
+    if citus:
+        # A few rows per test: deleting them is much faster on a cluster
+        # than a TRUNCATE, which rewrites every shard on every node.
+        apagar = ["delete from crebito.idempotencia", "delete from crebito.transacao"]
+    else:
+        apagar = ["truncate crebito.idempotencia, crebito.transacao"]
+    # Only the five initial clients: a test may have seeded more.
+    return apagar + [
+        "delete from crebito.cliente where id > 5",
+        "update crebito.cliente set saldo = 0, ultimo_lancamento = 0",
+    ]
+
+
 def zerar(stack):
     with psycopg.connect(stack.dsn(), autocommit=True) as conn:
-        if stack.citus:
-            # A few rows per test: deleting them is much faster on a cluster
-            # than a TRUNCATE, which rewrites every shard on every node.
-            conn.execute("delete from crebito.idempotencia")
-            conn.execute("delete from crebito.transacao")
-        else:
-            conn.execute("truncate crebito.idempotencia, crebito.transacao")
-        # Only the five initial clients: a test may have seeded more.
-        conn.execute("delete from crebito.cliente where id > 5")
-        conn.execute("update crebito.cliente set saldo = 0, ultimo_lancamento = 0")
+        for sql in sql_de_zerar(stack.citus):
+            conn.execute(sql)
 
 
 @pytest.fixture

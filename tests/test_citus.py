@@ -208,6 +208,18 @@ class Cliente(threading.Thread):
                 time.sleep(0.01)
 
 
+def processos_em(pasta):
+    """Pids of the processes working in `pasta` (a PostgreSQL node's backends)."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.readlink(f"/proc/{pid}/cwd") == pasta:
+                pids.append(pid)
+        except OSError:
+            pass
+    return pids
+
+
 def esperar(condicao, limite, o_que):
     fim = time.monotonic() + limite
     while not condicao():
@@ -227,7 +239,7 @@ def recusa_conexao(porta):
 def test_kill_9_de_um_worker_so_afeta_os_seus_clientes(stack, db, capsys):
     dono = donos(stack, db)
     vitima = "worker2"
-    porta = next(n["porta"] for n in stack.nos if n["nome"] == vitima)
+    porta, pgdata = next((n["porta"], n["pgdata"]) for n in stack.nos if n["nome"] == vitima)
     fase = ["antes"]
     clientes = [Cliente(stack, c, fase) for c in CLIENTES]
     for c in clientes:
@@ -239,6 +251,10 @@ def test_kill_9_de_um_worker_so_afeta_os_seus_clientes(stack, db, capsys):
         os.kill(launcher, signal.SIGSTOP)
         os.kill(stack.pid(vitima), signal.SIGKILL)
         esperar(lambda: recusa_conexao(porta), 30, "the killed worker to stop listening")
+        # Its backends outlive it by a moment, and a request already on its way
+        # to one may still get 503 whatever its client; from here on, no
+        # connection leads to the dead worker.
+        esperar(lambda: not processos_em(pgdata), 30, "the killed worker's backends to exit")
         fase[0] = "fora"
         esperar(lambda: all(len(c.respostas["fora"]) >= 10 for c in clientes), 60, "answers while the worker is down")
         fase[0] = "depois"

@@ -26,7 +26,7 @@ import pytest
 import test_fases_oficiais
 import test_http_contrato
 import yaml
-from conftest import LIMITES, RAIZ, Stack, porta_livre
+from conftest import LIMITES, RAIZ, Stack, porta_livre, sql_de_zerar
 from test_falhas import SEM_RESPOSTA, ClienteDoBanco, esperar, primeiro_200
 
 sys.path.insert(0, os.path.join(RAIZ, "docker"))
@@ -123,9 +123,7 @@ def pilha_docker(projeto, pytestconfig):
 
 
 def zerar(pilha):
-    pilha.projeto.psql(
-        "truncate crebito.idempotencia, crebito.transacao restart identity; update crebito.cliente set saldo = 0"
-    )
+    pilha.projeto.psql("; ".join(sql_de_zerar()))
 
 
 @pytest.fixture
@@ -371,8 +369,8 @@ def test_kill9_da_api01_e_do_db_sob_carga_idempotente(http, capsys):
     livro = {
         (int(cliente), chave): (int(st), resposta, tid)
         for cliente, chave, st, resposta, tid in projeto.psql(
-            "select i.cliente_id, i.chave, i.status, i.resposta, t.id from crebito.idempotencia as i"
-            " left join crebito.transacao as t on t.id = i.transacao_id and t.cliente_id = i.cliente_id"
+            "select i.cliente_id, i.chave, i.status, i.resposta, t.lancamento from crebito.idempotencia as i"
+            " left join crebito.transacao as t on (t.cliente_id, t.lancamento) = (i.cliente_id, i.lancamento)"
         )
     }
     [[linhas]] = projeto.psql("select count(*) from crebito.transacao")
