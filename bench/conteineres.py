@@ -14,7 +14,6 @@ The engine is the one DOCKER_HOST names, or a private one (docker/motor.py).
 """
 
 import argparse
-import http.client
 import json
 import os
 import shutil
@@ -29,6 +28,8 @@ import pilha
 
 AQUI = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(pilha.RAIZ, "docker"))
+sys.path.insert(0, os.path.join(pilha.RAIZ, "stack"))
+import launcher  # noqa: E402
 import motor  # noqa: E402
 from projeto import Projeto  # noqa: E402
 
@@ -118,22 +119,6 @@ def cpu_s(pids):
     return sum(tabela[p][1] for p in pids if p in tabela)
 
 
-def esperar_200(porta, limite=120):
-    fim = time.monotonic() + limite
-    while time.monotonic() < fim:
-        conn = http.client.HTTPConnection("127.0.0.1", porta, timeout=1)
-        try:
-            conn.request("GET", "/clientes/1/extrato")
-            if conn.getresponse().status == 200:
-                return
-        except (OSError, http.client.HTTPException):
-            pass
-        finally:
-            conn.close()
-        time.sleep(0.02)
-    raise RuntimeError(f"sem 200 na porta {porta} em {limite}s")
-
-
 def medir(p, cgrupos, args, saida, extra_cpu=None):
     """carga.py against p, measured as orcamento.py measures it."""
     medidor = pilha.Medidor(p, cgrupos)
@@ -166,7 +151,8 @@ def rodada_docker(projeto, args, saida):
     t0 = time.perf_counter()
     try:
         projeto.compose("up", "-d", "--no-build", capture_output=True)
-        esperar_200(projeto.porta)
+        if not launcher.esperar_200(projeto.porta, limite=120):
+            raise RuntimeError(f"sem 200 na porta {projeto.porta} em 120s")
         ate_200 = time.perf_counter() - t0
         p = PilhaCompose(projeto)
         cgrupos = CgruposDoEngine(projeto, limites)

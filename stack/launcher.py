@@ -72,6 +72,25 @@ def pg_bin():
     sys.exit("crebito: PostgreSQL not found; install it (apt-get install postgresql) or set CREBITO_PG_BIN")
 
 
+def esperar_200(porta, limite=30):
+    """True once GET /clientes/1/extrato on 127.0.0.1:`porta` answers 200
+    (the official readiness probe), False after `limite` seconds."""
+    # http.client, not urllib: an http_proxy in the environment must not
+    # stand between the caller and 127.0.0.1.
+    fim = time.monotonic() + limite
+    while time.monotonic() < fim:
+        conn = http.client.HTTPConnection("127.0.0.1", int(porta), timeout=1)
+        try:
+            conn.request("GET", "/clientes/1/extrato")
+            if conn.getresponse().status == 200:
+                return True
+        except (OSError, http.client.HTTPException):
+            time.sleep(0.05)
+        finally:
+            conn.close()
+    return False
+
+
 class Stack:
     def __init__(self, var, nos):
         self.var = os.path.abspath(var)
@@ -333,22 +352,6 @@ class Stack:
                 proc.kill()
                 proc.wait()
 
-    def esperar_api(self, limite=30):
-        # http.client, not urllib: an http_proxy in the environment must not
-        # stand between the launcher and 127.0.0.1.
-        fim = time.monotonic() + limite
-        while time.monotonic() < fim:
-            conn = http.client.HTTPConnection("127.0.0.1", int(self.porta), timeout=1)
-            try:
-                conn.request("GET", "/clientes/1/extrato")
-                if conn.getresponse().status == 200:
-                    return True
-            except (OSError, http.client.HTTPException):
-                time.sleep(0.05)
-            finally:
-                conn.close()
-        return False
-
     def _sockets(self):
         """(api01_1, path), ...: each worker's own socket."""
         return [
@@ -400,7 +403,7 @@ class Stack:
         while not all(self._aceita(caminho) for _, caminho in self._sockets()) and time.monotonic() < fim:
             time.sleep(0.01)
         self.iniciar("haproxy")
-        if self.esperar_api():
+        if esperar_200(self.porta):
             log(f"ready on http://127.0.0.1:{self.porta} in {time.monotonic() - t0:.2f}s (Ctrl-C stops)")
         else:
             log("the API did not answer within 30s; still trying")
