@@ -62,20 +62,19 @@ FALHA_INTERNA = _erro("500 Internal Server Error", "erro interno")
 # and NUL bytes (SQLSTATE class 22) instead of libpq truncating at a NUL.
 STATEMENTS = {
     b"transacao": (
-        b"select status, resposta from api.transacao($1, $2, $3)",
+        b"select status, resposta, duravel from api.transacao($1, $2, $3)",
         [INT4_OID, TEXT_OID, TEXT_OID],
         [0, 1, 0],
     ),
-    b"extrato": (b"select status, resposta from api.extrato($1)", [INT4_OID], [0]),
+    b"extrato": (b"select status, resposta, duravel from api.extrato($1)", [INT4_OID], [0]),
     b"confirmar": (b"select descarregou from api.confirmar($1)", [INT4_OID], [0]),
 }
 OK = pq.ConnStatus.OK
 TUPLES_OK = pq.ExecStatus.TUPLES_OK
-PIPELINE_SYNC = pq.ExecStatus.PIPELINE_SYNC
 
 
 class Banco:
-    """One persistent libpq connection in pipeline mode, reopened when it breaks."""
+    """One persistent libpq connection, reopened when it breaks."""
 
     def __init__(self, conninfo):
         self.conninfo = conninfo
@@ -89,7 +88,6 @@ class Banco:
             res = pgconn.prepare(nome, sql, tipos)
             if res.status != pq.ExecStatus.COMMAND_OK:
                 raise psycopg.OperationalError(res.get_error_message())
-        pgconn.enter_pipeline_mode()
         self.pgconn = pgconn
 
     def conectar(self):
@@ -98,27 +96,13 @@ class Banco:
         except psycopg.Error as e:
             log.error("sem conexão com o banco, tentando no próximo pedido: %s", e)
 
-    def _resultado(self):
-        """The next statement's result, read up to its Sync, which commits its
-        implicit transaction. When the connection breaks before the Sync, the
-        commit is unknown: the statement's error, or None."""
-        pgconn = self.pgconn
-        res = pgconn.get_result()
-        # After the result come a None and then the Sync.
-        for _ in range(2):
-            if pgconn.status != OK:
-                break
-            fim = pgconn.get_result()
-            if fim is not None and fim.status == PIPELINE_SYNC:
-                return res
-        if pgconn.status == OK:
-            raise psycopg.OperationalError("resultados fora da ordem do pipeline")
-        return res if res is not None and res.status != TUPLES_OK else None
-
     def chamar(self, nome, params, repetivel):
-        """Runs a prepared statement and then api.confirmar in one round trip,
-        each in its own transaction; returns (status, headers, body) once the
-        WAL is flushed past every commit the statement could have seen.
+        """Runs a prepared statement in its own transaction and returns
+        (status, headers, body) once the WAL is flushed past every commit the
+        statement could have seen: at once when its commit waited for that
+        flush (`duravel`), else after api.confirmar, in a second round trip.
+        libpq returns rows only after the server's ReadyForQuery, which follows
+        the commit; a connection that breaks before it yields an error.
 
         A statement whose outcome is unknown (the connection broke after it
         was sent, or its confirmation failed) is answered 503; a read-only one
@@ -133,19 +117,15 @@ class Banco:
                     self._descartar()
                 if self.pgconn is None or self.pgconn.status != OK:
                     self._conectar()
-                pgconn = self.pgconn
-                pgconn.send_query_prepared(nome, params, STATEMENTS[nome][2])
-                pgconn.pipeline_sync()
-                pgconn.send_query_prepared(b"confirmar", params[:1])
-                pgconn.pipeline_sync()
-                res = self._resultado()
-                confirmacao = self._resultado()
+                res = confirmacao = self.pgconn.exec_prepared(nome, params, STATEMENTS[nome][2])
+                if res.status == TUPLES_OK and res.get_value(0, 2) != b"t":
+                    confirmacao = self.pgconn.exec_prepared(b"confirmar", params[:1])
             except psycopg.Error as e:
                 log.error("falha ao chamar %s: %s", nome.decode(), e)
                 self._descartar()
                 continue
-            if res is not None and res.status == TUPLES_OK:
-                if confirmacao is not None and confirmacao.status == TUPLES_OK:
+            if res.status == TUPLES_OK:
+                if confirmacao.status == TUPLES_OK:
                     body = res.get_value(0, 1)
                     return (
                         STATUS_LINE[res.get_value(0, 0)],
@@ -153,13 +133,10 @@ class Banco:
                         body,
                     )
                 res = confirmacao
-            elif res is not None and (res.error_field(pq.DiagnosticField.SQLSTATE) or b"").startswith(b"22"):
+            elif (res.error_field(pq.DiagnosticField.SQLSTATE) or b"").startswith(b"22"):
                 # The body was not valid UTF-8 text.
                 return CORPO_INVALIDO
-            if res is not None:
-                log.error("%s falhou: %s", nome.decode(), res.get_error_message().strip())
-            else:
-                log.error("%s: conexão perdida: %s", nome.decode(), self.pgconn.get_error_message().strip())
+            log.error("%s falhou: %s", nome.decode(), res.get_error_message().strip())
             if self.pgconn.status != OK:
                 self._descartar()
                 continue

@@ -39,6 +39,9 @@ create table crebito.cliente (
     -- that takes the row lock, so entries are numbered 1, 2, 3... in the order
     -- they changed the balance, on whichever node the client's rows live.
     ultimo_lancamento bigint not null default 0 check (ultimo_lancamento >= 0),
+    -- Whether the last change to this row committed without waiting for the
+    -- WAL flush (api.transacao): a read that shows it must wait for the flush.
+    assincrono boolean not null default false,
     -- The last line of defence: even a bug in a function cannot overdraw.
     constraint saldo_dentro_do_limite check (saldo >= -limite)
 );
@@ -91,6 +94,7 @@ insert into crebito.cliente (id, limite) values
 \ir functions/crebito.json_ou_nulo.sql
 \ir functions/crebito.erro.sql
 \ir functions/crebito.recusa.sql
+\ir functions/crebito.descarregar_no_commit.sql
 \ir functions/api.transacao.sql
 \ir functions/api.confirmar.sql
 \ir functions/api.extrato.sql

@@ -190,7 +190,7 @@ def sql_de_zerar(citus=False):
     # Only the five initial clients: a test may have seeded more.
     return apagar + [
         "delete from crebito.cliente where id > 5",
-        "update crebito.cliente set saldo = 0, ultimo_lancamento = 0",
+        "update crebito.cliente set saldo = 0, ultimo_lancamento = 0, assincrono = false",
     ]
 
 

@@ -1,9 +1,12 @@
 """Early lock release over HTTP: every answer leaves only after the WAL is
-flushed past what it reports. Counted with pg_stat_wal.wal_sync, which each
+flushed past what it reports, whether the call's own commit waited for it or
+the API then called api.confirmar. Counted with pg_stat_wal.wal_sync, which each
 backend reports when it exits: the API's sessions are ended around the
 requests (the workers reconnect before their next statement)."""
 
 import time
+
+import psycopg
 
 N = 30
 
@@ -44,6 +47,22 @@ def test_cada_200_esperou_o_seu_flush(http, db):
     assert syncs_durante(db, escrever) >= N
 
 
+def test_com_outro_escritor_em_voo_cada_200_esperou_a_confirmacao(http, db):
+    """While another writer of client 1 is in flight (held here as
+    api.transacao marks one), each write commits without waiting for the
+    disk; the API must then call api.confirmar before it answers."""
+
+    def escrever():
+        for i in range(N):
+            r = http.transacao(1, 1, "c", f"fila{i}")
+            assert r.status == 200, r.corpo
+            assert r.json["saldo"] == i + 1
+
+    with psycopg.connect(http.dsn(), autocommit=True) as outro, outro.transaction():
+        outro.execute("select pg_advisory_xact_lock_shared(1, 1)")
+        assert syncs_durante(db, escrever) >= N
+
+
 def test_extrato_sem_nada_pendente_nao_espera_o_disco(http, db):
     http.transacao(1, 1, "c", "antes")
 
@@ -57,13 +76,14 @@ def test_extrato_sem_nada_pendente_nao_espera_o_disco(http, db):
 
 
 def test_422_e_extrato_depois_de_escrita_nao_confirmada_esperam_o_disco(http, db):
-    """A commit made without waiting (as api.transacao makes them, here with no
-    confirmation after it) is flushed before any answer that could show it."""
+    """A change committed without waiting (marked as api.transacao marks one,
+    here with no confirmation after it) is flushed before any answer that
+    could show it."""
     db.execute("select pg_catalog.set_config('synchronous_commit', 'off', false)")
 
     def ler_apos_commit_assincrono():
         for i in range(N):
-            db.execute("update crebito.cliente set saldo = saldo where id = 2")
+            db.execute("update crebito.cliente set assincrono = true where id = 2")
             if i % 2:
                 assert http.extrato(2).status == 200
             else:

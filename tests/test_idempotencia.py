@@ -168,10 +168,14 @@ def test_chave_em_cliente_inexistente_e_404(http, db):
 def test_sql_repeticao_direta(db):
     """The same rules at the function level, which is the contract the shim forwards."""
     corpo = '{"valor": 10, "tipo": "c", "descricao": "sql"}'
-    primeira = db.execute("select * from api.transacao(4, %s, 'sql-1')", [corpo]).fetchone()
+    primeira = db.execute("select status, resposta from api.transacao(4, %s, 'sql-1')", [corpo]).fetchone()
     assert primeira == (200, '{"limite":10000000,"saldo":10}')
-    repetida = db.execute("select * from api.transacao(4, %s, 'sql-1')", [corpo.replace(" ", "")]).fetchone()
+    repetida = db.execute(
+        "select status, resposta from api.transacao(4, %s, 'sql-1')", [corpo.replace(" ", "")]
+    ).fetchone()
     assert repetida == primeira
-    outro = db.execute("select * from api.transacao(4, %s, 'sql-1')", [corpo.replace("10", "11")]).fetchone()
+    outro = db.execute(
+        "select status, resposta from api.transacao(4, %s, 'sql-1')", [corpo.replace("10", "11")]
+    ).fetchone()
     assert outro[0] == 422
     assert estado(db, 4) == (10, 1, 1)

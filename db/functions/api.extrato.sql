@@ -1,13 +1,16 @@
 -- GET /clientes/{cliente}/extrato: the balance, the limit and the ten most
 -- recent transactions, newest first, read from one snapshot so the balance and
--- the list always agree. Returns the HTTP status and JSON body.
+-- the list always agree. Returns the HTTP status and JSON body, and `duravel`
+-- true: when what it shows was last changed by a commit that did not wait for
+-- the disk, its own commit waits for that flush, so the answer may leave at
+-- once (see api.transacao).
 create function api.extrato(
     cliente integer,
     out status integer,
-    out resposta text
+    out resposta text,
+    out duravel boolean
 )
 language plpgsql
-stable
 security definer
 set search_path = ''
 -- Each session keeps the plan it first made for the statement below. Made
@@ -17,6 +20,8 @@ set search_path = ''
 -- in order from the end of transacao_pkey, whatever the ledger's size.
 set enable_sort = off
 as $$
+declare
+    assincrono boolean;
 begin
     select
         200,
@@ -52,8 +57,9 @@ begin
                 ),
                 '[]'
             )
-        )::text
-    into status, resposta
+        )::text,
+        c.assincrono
+    into status, resposta, assincrono
     from crebito.cliente as c
     where c.id = cliente;
 
@@ -61,5 +67,11 @@ begin
         status := 404;
         resposta := crebito.erro('cliente não encontrado');
     end if;
+    -- The row's last change is the newest commit the answer shows: a sync
+    -- one was flushed before anyone could see it, and so was all before it.
+    if assincrono then
+        perform crebito.descarregar_no_commit();
+    end if;
+    duravel := true;
 end;
 $$;
