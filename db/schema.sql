@@ -32,7 +32,9 @@ create schema api authorization crebito;
 set role crebito;
 
 create table crebito.cliente (
-    id integer primary key,
+    -- Positive, as the API's routes: the API warms its sessions up with calls
+    -- for client 0, which therefore never exists.
+    id integer primary key check (id > 0),
     limite bigint not null check (limite >= 0),
     saldo bigint not null default 0,
     -- The number of the client's newest ledger entry, taken in the same UPDATE
@@ -124,3 +126,4 @@ alter default privileges in schema api grant execute on functions to crebito_api
 reset role;
 -- A stuck request must not hold a worker forever.
 alter role crebito_api set statement_timeout = '5s';
+

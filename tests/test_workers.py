@@ -4,9 +4,12 @@ another one on a busy worker while a free worker idles."""
 
 import os
 import re
+import signal
 import threading
+import time
 
 import psycopg
+import pytest
 
 
 def filhos(pid):
@@ -67,3 +70,33 @@ def test_worker_ocupado_nao_atrasa_os_outros_pedidos(http, db):
             trava.rollback()
             preso.join(timeout=10)
     assert respostas[0].status == 200
+
+
+SESSOES_DA_API = (
+    "select pid, state, query from pg_stat_activity where usename = 'crebito_api' and application_name = 'crebito'"
+)
+
+
+def test_sessao_nova_ja_vem_aquecida_e_nao_muda_nada(stack, db):
+    """A worker's new session calls each API function once, for client 0,
+    before it serves: compiling and planning them falls there, not on the
+    first requests (the official test's first burst), and changes nothing."""
+    antigas = {pid for pid, _, _ in db.execute(SESSOES_DA_API)}
+    os.kill(filhos(stack.pid("api01"))[0], signal.SIGKILL)
+    # Idle after its last warm-up call, which no request reached.
+    fim = time.monotonic() + 15
+    while not any(
+        pid not in antigas and estado == "idle" and "api.confirmar" in consulta
+        for pid, estado, consulta in db.execute(SESSOES_DA_API)
+    ):
+        assert time.monotonic() < fim, "no new session that called every API function"
+        time.sleep(0.05)
+    assert db.execute("select count(*) from crebito.transacao").fetchone() == (0,)
+    assert db.execute("select count(*) from crebito.idempotencia").fetchone() == (0,)
+    clientes = db.execute("select count(*), sum(saldo), bool_or(assincrono) from crebito.cliente").fetchone()
+    assert clientes == (5, 0, False)
+
+
+def test_cliente_0_nao_pode_existir(db):
+    with pytest.raises(psycopg.errors.CheckViolation):
+        db.execute("insert into crebito.cliente (id, limite) values (0, 1)")
