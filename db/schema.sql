@@ -127,3 +127,4 @@ reset role;
 -- A stuck request must not hold a worker forever.
 alter role crebito_api set statement_timeout = '5s';
 
+\ir wal_adiantado.sql
