@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 
 
 def log(msg):
@@ -80,7 +81,9 @@ def privado(prefixo="crebito-dockerd-", limite=60, dados=None):
     if os.geteuid() != 0:
         raise RuntimeError("no Docker engine answers, and only root can start a private one")
     pasta = tempfile.mkdtemp(prefix=prefixo)
-    nome = os.path.basename(pasta) if dados is None else "crebito-dockerd"
+    # containerd takes letters and digits with single separators between them,
+    # and mkdtemp's random suffix may hold an underscore anywhere.
+    nome = f"crebito-dockerd-{uuid.uuid4().hex[:12]}" if dados is None else "crebito-dockerd"
     config = os.path.join(pasta, "daemon.json")
     with open(config, "w") as f:
         f.write("{}\n")
