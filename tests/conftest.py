@@ -26,6 +26,26 @@ RAIZ = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIMITES = {1: 100000, 2: 80000, 3: 1000000, 4: 10000000, 5: 500000}
 
 
+def esperar(condicao, limite=10, passo=0.02):
+    """Polls `condicao` until it returns something true or `limite` seconds
+    pass; returns its last value, so `assert esperar(...)` fails on timeout."""
+    fim = time.monotonic() + limite
+    while time.monotonic() < fim:
+        valor = condicao()
+        if valor:
+            return valor
+        time.sleep(passo)
+    return condicao()
+
+
+def sessoes_da_api(db, onde=""):
+    """The API workers' sessions (pid, state, query), narrowed by `onde`."""
+    return db.execute(
+        "select pid, state, query from pg_stat_activity"
+        " where usename = 'crebito_api' and application_name = 'crebito'" + onde
+    ).fetchall()
+
+
 def porta_livre():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

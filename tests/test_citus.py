@@ -16,7 +16,7 @@ from collections import Counter, defaultdict
 
 import psycopg
 import pytest
-from conftest import RAIZ
+from conftest import RAIZ, esperar
 from test_seguranca_host import arvore, uids
 
 sys.path.insert(0, os.path.join(RAIZ, "stack"))
@@ -220,13 +220,6 @@ def processos_em(pasta):
     return pids
 
 
-def esperar(condicao, limite, o_que):
-    fim = time.monotonic() + limite
-    while not condicao():
-        assert time.monotonic() < fim, f"gave up waiting for {o_que}"
-        time.sleep(0.05)
-
-
 def recusa_conexao(porta):
     with socket.socket() as s:
         try:
@@ -246,23 +239,23 @@ def test_kill_9_de_um_worker_so_afeta_os_seus_clientes(stack, db, capsys):
         c.start()
     launcher = stack.launcher.pid
     try:
-        esperar(lambda: all(len(c.aceitas) >= 5 for c in clientes), 30, "traffic before the kill")
+        assert esperar(lambda: all(len(c.aceitas) >= 5 for c in clientes), 30), "no traffic before the kill"
         # The launcher held still, so the worker stays down while we look.
         os.kill(launcher, signal.SIGSTOP)
         os.kill(stack.pid(vitima), signal.SIGKILL)
-        esperar(lambda: recusa_conexao(porta), 30, "the killed worker to stop listening")
+        assert esperar(lambda: recusa_conexao(porta), 30), "the killed worker still listens"
         # Its backends outlive it by a moment, and a request already on its way
         # to one may still get 503 whatever its client; from here on, no
         # connection leads to the dead worker.
-        esperar(lambda: not processos_em(pgdata), 30, "the killed worker's backends to exit")
+        assert esperar(lambda: not processos_em(pgdata), 30), "the killed worker's backends did not exit"
         fase[0] = "fora"
-        esperar(lambda: all(len(c.respostas["fora"]) >= 10 for c in clientes), 60, "answers while the worker is down")
+        assert esperar(lambda: all(len(c.respostas["fora"]) >= 10 for c in clientes), 60), (
+            "too few answers while the worker is down"
+        )
         fase[0] = "depois"
         os.kill(launcher, signal.SIGCONT)
-        esperar(
-            lambda: all(sum(s == 200 for s in c.respostas["depois"]) >= 5 for c in clientes),
-            90,
-            "every client served again after the restart",
+        assert esperar(lambda: all(sum(s == 200 for s in c.respostas["depois"]) >= 5 for c in clientes), 90), (
+            "not every client was served again after the restart"
         )
     finally:
         os.kill(launcher, signal.SIGCONT)

@@ -4,26 +4,20 @@ the API then called api.confirmar. Counted with pg_stat_wal.wal_sync, which each
 backend reports when it exits: the API's sessions are ended around the
 requests (the workers reconnect before their next statement)."""
 
-import time
-
 import psycopg
+from conftest import esperar, sessoes_da_api
 
 N = 30
 
 
 def encerrar_sessoes_da_api(db):
-    pids = [
-        pid
-        for (pid,) in db.execute(
-            "select pid from pg_stat_activity where usename = 'crebito_api' and application_name = 'crebito'"
-        )
-    ]
+    pids = [pid for pid, _, _ in sessoes_da_api(db)]
     for pid in pids:
         db.execute("select pg_terminate_backend(%s)", [pid])
-    fim = time.monotonic() + 10
-    while db.execute("select count(*) from pg_stat_activity where pid = any(%s)", [pids]).fetchone()[0]:
-        assert time.monotonic() < fim, "the API's sessions did not exit"
-        time.sleep(0.01)
+    assert esperar(
+        lambda: not db.execute("select count(*) from pg_stat_activity where pid = any(%s)", [pids]).fetchone()[0],
+        passo=0.01,
+    ), "the API's sessions did not exit"
 
 
 def syncs_durante(db, pedidos):

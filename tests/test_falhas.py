@@ -23,7 +23,7 @@ from collections import Counter
 
 import psycopg
 import pytest
-from conftest import LIMITES, stack_temporaria
+from conftest import LIMITES, esperar, stack_temporaria
 
 WORKERS = 2
 CLIENTES = 6
@@ -59,16 +59,6 @@ def vivo(pid):
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
-
-
-def esperar(condicao, limite, passo=0.02):
-    fim = time.monotonic() + limite
-    while time.monotonic() < fim:
-        valor = condicao()
-        if valor:
-            return valor
-        time.sleep(passo)
-    return condicao()
 
 
 class ClienteDoBanco(threading.Thread):

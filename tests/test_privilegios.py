@@ -10,6 +10,7 @@ import time
 
 import psycopg
 import pytest
+from conftest import esperar, sessoes_da_api
 from psycopg import errors
 
 TABELAS = {
@@ -253,21 +254,6 @@ def esperar_no_log(stack, texto, limite=5):
             return conteudo
         time.sleep(0.05)
     return ler_log(stack)
-
-
-def sessoes_da_api(db, onde=""):
-    return db.execute(
-        "select pid from pg_stat_activity where usename = 'crebito_api' and application_name = 'crebito'" + onde
-    ).fetchall()
-
-
-def esperar(condicao, limite=10):
-    fim = time.monotonic() + limite
-    while time.monotonic() < fim:
-        if condicao():
-            return True
-        time.sleep(0.02)
-    return condicao()
 
 
 def test_sessao_encerrada_ociosa_nao_custa_503(http, db):

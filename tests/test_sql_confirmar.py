@@ -8,10 +8,10 @@ not only what the calls return."""
 
 import json
 import threading
-import time
 
 import psycopg
 import pytest
+from conftest import esperar
 
 N = 40
 CORPO = json.dumps({"valor": 1, "tipo": "c", "descricao": "confirmar"})
@@ -31,10 +31,10 @@ def sessao_da_api(stack, db, chamadas):
     with psycopg.connect(stack.dsn("crebito_api"), autocommit=True) as conn:
         pid = conn.info.backend_pid
         chamadas(conn)
-    fim = time.monotonic() + 10
-    while db.execute("select count(*) from pg_stat_activity where pid = %s", [pid]).fetchone()[0]:
-        assert time.monotonic() < fim, "the backend did not exit"
-        time.sleep(0.01)
+    assert esperar(
+        lambda: not db.execute("select count(*) from pg_stat_activity where pid = %s", [pid]).fetchone()[0],
+        passo=0.01,
+    ), "the backend did not exit"
     return wal_sync(db) - antes
 
 

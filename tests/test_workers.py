@@ -6,10 +6,10 @@ import os
 import re
 import signal
 import threading
-import time
 
 import psycopg
 import pytest
+from conftest import esperar, sessoes_da_api
 
 
 def filhos(pid):
@@ -72,25 +72,17 @@ def test_worker_ocupado_nao_atrasa_os_outros_pedidos(http, db):
     assert respostas[0].status == 200
 
 
-SESSOES_DA_API = (
-    "select pid, state, query from pg_stat_activity where usename = 'crebito_api' and application_name = 'crebito'"
-)
-
-
 def test_sessao_nova_ja_vem_aquecida_e_nao_muda_nada(stack, db):
     """A worker's new session calls each API function once, for client 0,
     before it serves: compiling and planning them falls there, not on the
     first requests (the official test's first burst), and changes nothing."""
-    antigas = {pid for pid, _, _ in db.execute(SESSOES_DA_API)}
+    antigas = {pid for pid, _, _ in sessoes_da_api(db)}
     os.kill(filhos(stack.pid("api01"))[0], signal.SIGKILL)
     # Idle after its last warm-up call, which no request reached.
-    fim = time.monotonic() + 15
-    while not any(
-        pid not in antigas and estado == "idle" and "api.confirmar" in consulta
-        for pid, estado, consulta in db.execute(SESSOES_DA_API)
-    ):
-        assert time.monotonic() < fim, "no new session that called every API function"
-        time.sleep(0.05)
+    aquecidas = " and state = 'idle' and query like '%api.confirmar%'"
+    assert esperar(lambda: {pid for pid, _, _ in sessoes_da_api(db, aquecidas)} - antigas, 15), (
+        "no new session that called every API function"
+    )
     assert db.execute("select count(*) from crebito.transacao").fetchone() == (0,)
     assert db.execute("select count(*) from crebito.idempotencia").fetchone() == (0,)
     clientes = db.execute("select count(*), sum(saldo), bool_or(assincrono) from crebito.cliente").fetchone()
