@@ -11,7 +11,7 @@ select
     duravel::int as duravel
 from api.transacao(:cliente, '{"valor": ' || :valor || ', "tipo": "c", "descricao": "' || :descricao || '"}') \gset
 -- As server.py does: a call that committed without waiting for the disk (another
--- call of the client was waiting for its row lock) counts only once confirmed.
+-- call of the client was in flight) counts only once confirmed.
 \if :duravel = 0
 select descarregou from api.confirmar(:cliente);
 \endif

@@ -1,5 +1,5 @@
--- One statement of the official mix: random client 1..5. Its commit waits for
--- the WAL flush past what it read, as api.extrato makes it.
+-- One statement of the official mix: random client 1..5. When what it read was
+-- committed without waiting for the disk, api.extrato's own commit waits for it.
 \set cliente random(1, 5)
 select
     status,
