@@ -63,6 +63,9 @@ class Registro:
 
     def __init__(self):
         self.inicio_ns = time.perf_counter_ns()
+        # The same instant on the wall clock, to lay the series beside bench/registro.py's.
+        self.inicio_epoch = time.time()
+        self.inicio_fase3_s = None
         self.grupo = []
         self.t = []  # start, seconds since the test began
         self.lat_ns = []
@@ -369,6 +372,8 @@ class Carga:
             await self.validar_concorrencia("d", -25)
             print("fase 2: 25 créditos concorrentes", flush=True)
             await self.validar_concorrencia("c", 0)
+            # Seconds before this belong to the two bursts of 25 concurrent requests.
+            self.registro.inicio_fase3_s = (time.perf_counter_ns() - self.registro.inicio_ns) / 1e9
             print(
                 f"fase 3: validações por cliente e carga (rampa {self.args.rampa}s, platô {self.args.plato}s,"
                 f" escala {self.args.escala})",
@@ -540,6 +545,8 @@ def main(argv=None):
     resumo = resumir(carga.registro, duracao, cpu_carga)
     resumo["parametros"] = {"url": args.url, "escala": args.escala, "rampa": args.rampa, "plato": args.plato}
     resumo["serie"] = serie_temporal(carga.registro)
+    resumo["inicio_epoch"] = carga.registro.inicio_epoch
+    resumo["inicio_fase3_s"] = carga.registro.inicio_fase3_s
     print(tabela(resumo))
     if resumo["motivos_ko"]:
         print("motivos de KO:", ", ".join(f"{k}: {v}" for k, v in sorted(resumo["motivos_ko"].items())))

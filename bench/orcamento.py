@@ -22,6 +22,8 @@ import threading
 import time
 
 import pilha
+import pisos
+import registro
 
 AQUI = os.path.dirname(os.path.abspath(__file__))
 PG_STAT_CONF = os.path.join(AQUI, "pg_stat_statements.conf")
@@ -84,6 +86,7 @@ def main():
     ap.add_argument("--platô", "--plato", dest="plato", type=float, default=120)
     ap.add_argument("--escala", type=float, default=1.0)
     ap.add_argument("--perfil", action="store_true", help="py-spy on one API worker and pg_stat_statements")
+    ap.add_argument("--pisos", default=None, help="pisos.json of bench/pisos.py: each component against its floor")
     pilha.opcoes_do_orcamento(ap)
     args = ap.parse_args()
     saida = pilha.pasta_de_saida(args, "orcamento")
@@ -91,7 +94,7 @@ def main():
     if args.perfil and not pg_conf:
         pg_conf = PG_STAT_CONF
 
-    with pilha.PilhaNoOrcamento(args.memoria_total, args.compose, pg_conf, args.workers, saida) as pn:
+    with pilha.PilhaNoOrcamento(args.memoria_total, args.compose, pg_conf, args.workers, saida, args.arvore) as pn:
         p = pn.pilha
         if args.perfil:
             subprocess.run(["psql", "-X", "-q", *p.pg(), "-c", "create extension if not exists pg_stat_statements"])
@@ -109,6 +112,8 @@ def main():
                 perfil["perf_banco"] = pilha.perf_banco(pids_banco, 10, os.path.join(saida, "perf-postgres"))
 
             t_perfil = threading.Thread(target=perfilar, daemon=True)
+        gravador = registro.RegistroPorSegundo(p, pn.cgrupos)
+        gravador.iniciar()
         medidor.iniciar()
         if args.perfil:
             esperas = pilha.AmostradorEsperas(p)
@@ -131,6 +136,7 @@ def main():
         ]
         rc = subprocess.run(cmd).returncode
         medidor.parar()
+        gravado = gravador.parar()
         if args.perfil:
             perfil["esperas_do_banco"] = esperas.parar()
         with open(os.path.join(carga_saida, "carga.json")) as f:
@@ -142,6 +148,13 @@ def main():
         r["reiniciados"] = pn.reiniciados()
         r["carga"] = {k: carga[k] for k in ("total", "ko", "motivos_ko", "pontuacao", "cpu_da_carga")}
         r["carga"]["all"] = carga["grupos"]["all"]
+        gravado["deslocamento_s"] = round(carga["inicio_epoch"] - gravado["inicio_epoch"], 3)
+        gravado["inicio_fase3_s"] = carga["inicio_fase3_s"]
+        pilha.salvar_json(os.path.join(saida, "registro.json"), gravado)
+        r["paradas"] = registro.episodios(carga["serie"], gravado)
+        if args.pisos:
+            with open(args.pisos) as f:
+                r["pisos"] = pisos.multiplos(r, json.load(f))
         if args.perfil:
             t_perfil.join(timeout=60)
             r["perfil"] = perfil
@@ -161,6 +174,9 @@ def main():
         f"carga: USD {r['carga']['pontuacao']['usd']:.2f}, {r['carga']['ko']} KO, p99 {a['ms']['p99']} ms,"
         f" max {a['ms']['max']} ms; violações na auditoria: {r['violacoes_auditoria']}"
     )
+    print(registro.texto_episodios(r["paradas"]))
+    for nome, m in r.get("pisos", {}).items():
+        print(f"{nome}: {m['ms']} ms por requisição = {m['multiplo']}x o piso ({m['piso_ms']} ms)")
     if r["reiniciados"]:
         print(f"ATENÇÃO: o launcher reiniciou {r['reiniciados']}; veja {saida}/pilha.log")
     if args.perfil:

@@ -26,7 +26,8 @@ import pilha
 AQUI = os.path.dirname(os.path.abspath(__file__))
 
 
-def rodar(pg_args, segundos, clientes, threads, postmaster, cgrupos=None):
+def rodar(pg_args, segundos, clientes, threads, postmaster, cgrupos=None, taxa=None):
+    """One pgbench run of the mix; `taxa` limits it to that many calls per second."""
     log_dir = tempfile.mkdtemp(prefix="crebito-pgbench-")
     cmd = [
         "pgbench",
@@ -50,6 +51,8 @@ def rodar(pg_args, segundos, clientes, threads, postmaster, cgrupos=None):
         os.path.join(log_dir, "tx"),
         *pg_args,
     ]
+    if taxa:
+        cmd[cmd.index("-T") : cmd.index("-T")] = ["-R", f"{taxa:.1f}"]
     if cgrupos is not None:
         cgrupos.zerar_picos()
     cpu0 = pilha.cpu_arvore(postmaster)

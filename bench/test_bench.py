@@ -16,6 +16,7 @@ import time
 
 import carga
 import pilha
+import pisos
 import pytest
 
 
@@ -197,3 +198,114 @@ def test_escala_curta_nas_tres_pilhas():
     pastas = re.findall(r"iniciando a pilha em (\S+),", r.stderr)
     assert len(pastas) == 3
     assert not any(os.path.exists(var) for var in pastas)
+
+
+def test_registro_mostra_a_espera_por_uma_trava_e_a_explica(tmp_path):
+    """A POST held behind a row lock shows up in the per-second record as the
+    API's session waiting on a lock, and the stall it causes in the latency
+    series is attributed to it."""
+    import threading
+    import urllib.request
+
+    import psycopg
+    import registro
+
+    p = pilha.Pilha()
+    try:
+        p.iniciar()
+        gravador = registro.RegistroPorSegundo(p)
+        gravador.iniciar()
+        fim = time.monotonic() + 2.2
+        while time.monotonic() < fim:
+            urllib.request.urlopen(f"{p.url}/clientes/2/extrato", timeout=5).read()
+        args = p.pg()
+        dsn = f"host={args[1]} port={args[3]} dbname=crebito user=postgres"
+        with psycopg.connect(dsn) as trava:
+            trava.execute("select from crebito.cliente where id = 1 for update")
+            corpo = json.dumps({"valor": 1, "tipo": "c", "descricao": "preso"}).encode()
+            pedido = urllib.request.Request(f"{p.url}/clientes/1/transacoes", data=corpo, method="POST")
+            resposta = []
+            t = threading.Thread(target=lambda: resposta.append(urllib.request.urlopen(pedido, timeout=10).status))
+            inicio = time.time()
+            t.start()
+            time.sleep(1.5)
+        t.join()
+        time.sleep(2.2)
+        gravado = gravador.parar()
+    finally:
+        p.parar()
+    assert resposta == [200]
+    assert gravado["erros"] == []
+    segundos = gravado["segundos"]
+    esperando = [s for s in segundos if any(k.startswith("api:Lock:") for k in s.get("esperas", {}))]
+    assert esperando, segundos
+    assert sum(s.get("sonda", {}).get("n", 0) for s in segundos) >= 30
+    com_cpu = [s for s in segundos if "cpu_ms" in s]
+    assert any(s["cpu_ms"].get("postgres:sessoes_api", 0) > 0 for s in com_cpu)
+    assert any(s["pg"]["wal_bytes"] > 0 and s["pg"]["commits"] > 0 for s in com_cpu)
+    # A latency series with the stall at the second the request started.
+    s_trava = int(inicio - gravado["inicio_epoch"])
+    serie = [
+        {"s": s, "req": 10, "ko": 0, "p50": 1, "p75": 1, "p95": 1, "p99": 1, "max": 1500 if s == s_trava else 1}
+        for s in range(len(segundos))
+    ]
+    achados = registro.episodios(serie, gravado)["achados"]
+    assert [a["tipo"] for a in achados] == ["pico"]
+    assert any(e.startswith("sessões da API em Lock") for e in achados[0]["eventos"]), achados
+
+
+def test_sinais_de_um_segundo():
+    import registro
+
+    calmo = {"maquina_pct": {"steal": 0.5}, "pg": {"segmentos": 5, "wal_flushes": 10, "wal_flush_ms": 1.0}}
+    assert registro.sinais(calmo, calmo) == []
+    agitado = {
+        "estrangulado": {"postgres": {"periodos": 3, "ms": 40.0}},
+        "maquina_pct": {"steal": 12.0},
+        "sonda": {"n": 10, "fsync_max_ms": 30.0, "fsync_soma_ms": 40.0, "atraso_max_ms": 0.1},
+        "pg": {"segmentos": 6, "wal_flushes": 10, "wal_flush_ms": 50.0, "checkpoints": 1, "autovacuums": 1},
+        "esperas": {"autovacuum worker:CPU:-": 4, "api:LWLock:WALWrite": 2, "api:Lock:transactionid": 2},
+    }
+    texto = " | ".join(t for _, t in registro.sinais(agitado, calmo))
+    for esperado in (
+        "cgroup postgres estrangulado",
+        "steal 12.0%",
+        "fdatasync da sonda 30.0 ms",
+        "flush do WAL 5.0 ms",
+        "checkpoint",
+        "autovacuum terminou",
+        "segmento de WAL novo",
+        "autovacuum ativo",
+        "sessões da API em Lock:transactionid",
+    ):
+        assert esperado in texto, texto
+    # Two samples of the group commit's queue are ordinary, not an event.
+    assert "WALWrite" not in texto
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the floors run in cgroups, writable by root only (CI runs as root)")
+def test_pisos_curtos(tmp_path):
+    """Each floor serves a short profile in its cgroup and reports a CPU cost
+    per request; the multiples divide a stack run's figures by them."""
+    aqui = os.path.dirname(os.path.abspath(__file__))
+    comando = [sys.executable, os.path.join(aqui, "pisos.py"), "--rampa", "2", "--platô", "2", "--saida", str(tmp_path)]
+    r = subprocess.run(comando, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    with open(tmp_path / "pisos.json") as f:
+        medidos = json.load(f)
+    esperados = {"haproxy": ["haproxy"], "api": ["haproxy", "api01", "api02"], "postgres": ["postgres"]}
+    for nome, componentes in esperados.items():
+        assert medidos[nome]["requisicoes"] > 100, medidos
+        for c in componentes:
+            assert medidos[nome]["cpu_ms_por_requisicao"][c] > 0, medidos
+    # The API floor's requests were answered by the workers, not by HAProxy's error pages.
+    with open(tmp_path / "api" / "carga.json") as f:
+        motivos = json.load(f)["motivos_ko"]
+    assert not [m for m in motivos if m.startswith(("status 4", "status 5", "conexão"))], motivos
+    assert not glob.glob("/sys/fs/cgroup/*/crebito-pisos-*")
+    orcamento = {
+        "requisicoes": 1000,
+        "componentes": {c: {"cpu_s_cgroup": 1.0, "cpu_s_proc": 1.0} for c in ("postgres", "api01", "api02", "haproxy")},
+    }
+    m = pisos.multiplos(orcamento, medidos)
+    assert m["postgres"]["multiplo"] == round(1.0 / medidos["postgres"]["cpu_ms_por_requisicao"]["postgres"], 2)
