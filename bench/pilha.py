@@ -146,8 +146,11 @@ def porta_livre():
 class Pilha:
     """A native stack in a fresh data directory, started by stack/launcher.py."""
 
-    def __init__(self, porta=None, pg_conf=None, workers=None, citus_workers=0):
+    def __init__(self, porta=None, pg_conf=None, workers=None, citus_workers=0, arvore=None):
         self.citus_workers = citus_workers
+        # The tree whose launcher, server and schema run: this one, or another
+        # checkout (a baseline commit's worktree) measured by this tree's tools.
+        self.arvore = os.path.abspath(arvore or RAIZ)
         self.var = tempfile.mkdtemp(prefix="crebito-bench-")
         os.chmod(self.var, 0o755)  # PostgreSQL runs as `postgres` when we are root
         self.porta = porta or porta_livre()
@@ -179,7 +182,7 @@ class Pilha:
         self._sigterm_anterior = signal.signal(signal.SIGTERM, _sair_com_sigterm)
         t0 = time.perf_counter()
         self.launcher = subprocess.Popen(
-            [os.path.join(RAIZ, ".venv", "bin", "python"), os.path.join(RAIZ, "stack", "launcher.py")],
+            [os.path.join(RAIZ, ".venv", "bin", "python"), os.path.join(self.arvore, "stack", "launcher.py")],
             env=env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -209,9 +212,13 @@ class Pilha:
         return {nome: arvore(self.pid(nome), tabela) for nome in COMPONENTES}
 
     def nos(self):
-        """The database nodes the launcher recorded: coordinator (or the only node) first."""
-        with open(os.path.join(self.var, "topologia.json")) as f:
-            return json.load(f)["nos"]
+        """The database nodes the launcher recorded: coordinator (or the only node)
+        first; a tree older than topologia.json has one, in pgrun."""
+        try:
+            with open(os.path.join(self.var, "topologia.json")) as f:
+                return json.load(f)["nos"]
+        except FileNotFoundError:
+            return [{"nome": "postgres", "pgrun": os.path.join(self.var, "pgrun"), "porta": 5432}]
 
     def pg(self, no=None):
         """Arguments for psql/pgbench to reach the database (a node by name,
@@ -604,13 +611,13 @@ class PilhaNoOrcamento:
     """A fresh stack, each component moved into its cgroup; stopped and
     cleaned up on exit, whatever happens."""
 
-    def __init__(self, memoria_total=None, compose=None, pg_conf=None, workers=None, saida=None):
+    def __init__(self, memoria_total=None, compose=None, pg_conf=None, workers=None, saida=None, arvore=None):
         self.saida = saida
         limites, self.fonte_orcamento = orcamento(compose)
         if memoria_total:
             limites = escalar_memoria(limites, memoria_total)
         self.limites = limites
-        self.pilha = Pilha(pg_conf=pg_conf, workers=workers)
+        self.pilha = Pilha(pg_conf=pg_conf, workers=workers, arvore=arvore)
         self.cgrupos = Cgrupos(limites)
         self.pids_iniciais = None
 
@@ -665,6 +672,7 @@ def opcoes_do_orcamento(ap):
     ap.add_argument("--workers", type=int, default=None, help="CREBITO_WORKERS per instance (default: launcher's)")
     ap.add_argument("--pg-conf", default=None, help="extra PostgreSQL settings file")
     ap.add_argument("--saida", default=None, help="folder for the figures (default: bench/results/<tool>-<date>)")
+    ap.add_argument("--arvore", default=None, help="run this checkout's stack (e.g. a baseline worktree) instead")
 
 
 def pasta_de_saida(args, ferramenta):

@@ -62,7 +62,7 @@ def main():
     pilha.opcoes_do_orcamento(ap)
     args = ap.parse_args()
     saida = pilha.pasta_de_saida(args, "rajada")
-    with pilha.PilhaNoOrcamento(args.memoria_total, args.compose, args.pg_conf, args.workers, saida) as pn:
+    with pilha.PilhaNoOrcamento(args.memoria_total, args.compose, args.pg_conf, args.workers, saida, args.arvore) as pn:
         resultados = asyncio.run(rodar(pn.pilha.url, args.rodadas))
     ultimas = [r["ultima_ms"] for r in resultados]
     inteiros = [r["ms_inteiros"] for r in resultados]

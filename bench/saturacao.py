@@ -59,7 +59,7 @@ def main():
     saida = pilha.pasta_de_saida(args, "saturacao")
 
     niveis = []
-    with pilha.PilhaNoOrcamento(args.memoria_total, args.compose, args.pg_conf, args.workers, saida) as pn:
+    with pilha.PilhaNoOrcamento(args.memoria_total, args.compose, args.pg_conf, args.workers, saida, args.arvore) as pn:
         p = pn.pilha
         print(
             f"{'conexões':>8}{'req/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}{'erros':>7}{'CPU ms/req':>11}"
