@@ -1,6 +1,7 @@
 """Each worker reachable on its own: a socket per worker, each a server of its
 own in HAProxy taking one request at a time, so a request never waits behind
-another one on a busy worker while a free worker idles."""
+another one on a busy worker while a free worker idles, and at a low rate the
+requests keep to one worker per instance."""
 
 import os
 import re
@@ -70,6 +71,32 @@ def test_worker_ocupado_nao_atrasa_os_outros_pedidos(http, db):
             trava.rollback()
             preso.join(timeout=10)
     assert respostas[0].status == 200
+
+
+def trocas_voluntarias(pid):
+    """How many times the process has gone to sleep (voluntary context switches)."""
+    with open(f"/proc/{pid}/status") as f:
+        for linha in f:
+            if linha.startswith("voluntary_ctxt_switches:"):
+                return int(linha.split()[1])
+    raise AssertionError(f"no voluntary_ctxt_switches for {pid}")
+
+
+def test_um_pedido_por_vez_alterna_as_instancias_no_primeiro_worker(stack, http):
+    """One request at a time: HAProxy alternates the instances (the
+    challenge's round robin) and, within each, keeps to one worker, whose
+    database session stays warm in the CPU's caches; the other workers see
+    only HAProxy's health checks. Each request wakes the worker that serves it
+    at least twice (for the request, then for the database's answer)."""
+    workers = {instancia: filhos(stack.pid(instancia)) for instancia in ("api01", "api02")}
+    antes = {pid: trocas_voluntarias(pid) for pids in workers.values() for pid in pids}
+    n = 200
+    for i in range(n):
+        assert http.extrato(1 + i % 5).status == 200
+    for instancia, pids in workers.items():
+        ganhos = sorted(trocas_voluntarias(pid) - antes[pid] for pid in pids)
+        assert ganhos[-1] >= n / 2, (instancia, ganhos)
+        assert all(g < n / 10 for g in ganhos[:-1]), (instancia, ganhos)
 
 
 def test_sessao_nova_ja_vem_aquecida_e_nao_muda_nada(stack, db):
