@@ -11,7 +11,9 @@ create function crebito.recusa(
 )
 language plpgsql
 stable
-set search_path = ''
+-- No SET clause: its only callers, the API's functions, already run with an
+-- empty search_path, and a SET would cost every refusal a save and restore of
+-- the setting. Every name below is qualified.
 as $$
 begin
     select c.assincrono into assincrono from crebito.cliente as c where c.id = cliente;
