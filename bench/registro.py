@@ -69,13 +69,21 @@ def _ler(caminho):
 
 
 def _processo(pid):
-    """(ppid, own CPU s, reaped children's CPU s, role text) of a process."""
-    texto = _ler(f"/proc/{pid}/stat")
-    campos = texto.rsplit(")", 1)[1].split()
+    """(own CPU s, reaped children's CPU s, command line) of a process."""
+    campos = _ler(f"/proc/{pid}/stat").rsplit(")", 1)[1].split()
     proprio = (int(campos[11]) + int(campos[12])) / pilha.TICKS
     filhos = (int(campos[13]) + int(campos[14])) / pilha.TICKS
-    cmd = _ler(f"/proc/{pid}/cmdline").replace("\0", " ").strip()
-    return int(campos[1]), proprio, filhos, cmd
+    return proprio, filhos, _ler(f"/proc/{pid}/cmdline").replace("\0", " ").strip()
+
+
+# PostgreSQL's background processes, by the start of their title.
+FUNDO = {
+    "checkpointer": "checkpointer",
+    "background writer": "bgwriter",
+    "walwriter": "walwriter",
+    "autovacuum": "autovacuum",
+    "logical replication": "logical",
+}
 
 
 def papel(componente, cmd, raiz):
@@ -87,10 +95,7 @@ def papel(componente, cmd, raiz):
         nome = cmd.removeprefix("postgres: ")
         if nome.startswith("crebito_api "):
             return "sessoes_api"
-        for fundo in ("checkpointer", "background writer", "walwriter", "autovacuum", "logical replication"):
-            if nome.startswith(fundo):
-                return fundo.split()[0] if fundo != "background writer" else "bgwriter"
-        return "outras_sessoes"
+        return next((p for titulo, p in FUNDO.items() if nome.startswith(titulo)), "outras_sessoes")
     return "mestre" if raiz else "workers"
 
 
@@ -101,7 +106,7 @@ def cpu_por_papel(pids_por_componente):
     for componente, pids in pids_por_componente.items():
         for i, pid in enumerate(pids):
             try:
-                _, proprio, filhos, cmd = _processo(pid)
+                proprio, filhos, cmd = _processo(pid)
             except (OSError, IndexError, ValueError):
                 continue
             chave = f"{componente}:{papel(componente, cmd, i == 0)}"

@@ -309,3 +309,23 @@ def test_pisos_curtos(tmp_path):
     }
     m = pisos.multiplos(orcamento, medidos)
     assert m["postgres"]["multiplo"] == round(1.0 / medidos["postgres"]["cpu_ms_por_requisicao"]["postgres"], 2)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="cgroups are writable by root only (CI runs as root)")
+def test_pares_curtos_contra_a_propria_arvore(tmp_path):
+    """One short pair, this checkout against itself as the baseline: both
+    runs are reported, with their record's stalls, and the ratios computed."""
+    aqui = os.path.dirname(os.path.abspath(__file__))
+    comando = [sys.executable, os.path.join(aqui, "pares.py"), "--base", pilha.RAIZ, "--pares", "1"]
+    comando += ["--rampa", "2", "--platô", "2", "--sem-pisos", "--saida", str(tmp_path)]
+    r = subprocess.run(comando, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    with open(tmp_path / "pares.json") as f:
+        pares = json.load(f)
+    for lado in ("arvore", "base"):
+        (run,) = pares["runs"][lado]
+        assert run["usd"] == 100000 and run["cpu_ms"] > 0, run
+    assert len(pares["resumo"]["cpu_ms"]["razoes"]) == 1
+    for lado in ("1-arvore", "1-base"):
+        with open(tmp_path / lado / "registro.json") as f:
+            assert json.load(f)["segundos"]
