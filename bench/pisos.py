@@ -25,6 +25,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 
 import carga
 import pgbench
@@ -85,9 +87,6 @@ def haproxy_cmd(*extra):
 
 
 def esperar(url):
-    import time
-    import urllib.request
-
     for _ in range(200):
         try:
             with urllib.request.urlopen(url, timeout=1) as r:
