@@ -181,11 +181,6 @@ class RegistroPorSegundo:
             autocommit=True,
         )
         pid = conn.execute("select pg_catalog.pg_backend_pid()").fetchone()[0]
-        # pg_stat_wal counts the flushes' time only with this on (a clock read
-        # around each write and flush); the stack under measurement is a fresh,
-        # throwaway one.
-        conn.execute("alter system set track_wal_io_timing = on")
-        conn.execute("select pg_catalog.pg_reload_conf()")
         if self.cgrupos is not None and self.cgrupos.modo == "v1":
             # Out of the stack's cgroups: this session is the bench's, not the stack's.
             for h in ("cpu", "cpuacct", "memory"):
@@ -207,6 +202,11 @@ class RegistroPorSegundo:
 
     def _por_segundo(self):
         conn = self._conectar()
+        # pg_stat_wal counts the flushes' time only with this on (a clock read
+        # around each write and flush); the stack under measurement is a fresh,
+        # throwaway one.
+        conn.execute("alter system set track_wal_io_timing = on")
+        conn.execute("select pg_catalog.pg_reload_conf()")
         anterior = None
         while True:
             try:
