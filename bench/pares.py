@@ -38,8 +38,7 @@ def rodar(arvore, saida, args, pisos_json):
 
 def linha(r):
     a = r["carga"]["all"]["ms"]
-    n = r["requisicoes"]
-    comp = {c: 1000 * (v["cpu_s_cgroup"] or v["cpu_s_proc"]) / n for c, v in r["componentes"].items()}
+    comp = r["cpu_ms_por_componente"]
     return {
         "p99": a["p99"],
         "max": a["max"],

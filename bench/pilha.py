@@ -501,6 +501,7 @@ class Medidor:
         cpu = {n: (c["cpu_s_cgroup"] if c["cpu_s_cgroup"] is not None else c["cpu_s_proc"]) for n, c in comp.items()}
         total = sum(cpu.values())
         python = sum(cpu[n] for n in PYTHON)
+        por_requisicao = {n: round(1000 * v / requisicoes, 4) for n, v in cpu.items()} if requisicoes else {}
         return {
             "duracao_s": round(self.duracao, 1),
             "requisicoes": requisicoes,
@@ -508,6 +509,7 @@ class Medidor:
             "cpu_s_pilha": round(total, 2),
             "cpu_ms_por_requisicao": round(1000 * total / requisicoes, 4) if requisicoes else None,
             "cpu_ms_por_requisicao_python": round(1000 * python / requisicoes, 4) if requisicoes else None,
+            "cpu_ms_por_componente": por_requisicao,
             "fracao_python_pct": round(100 * python / total, 1) if total else None,
             "cpu_s_launcher": round(self.cpu1["launcher"] - self.cpu0["launcher"], 2),
             "pss_total_pico_mb": round(self.pss_total_pico_kb / 1024, 1),

@@ -25,14 +25,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 
 import carga
 import pgbench
 import pilha
 
 AQUI = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(pilha.RAIZ, "stack"))
+import launcher  # noqa: E402
+
 # A request of the official mix, by scenario's plateau rate (users/s).
 MIX = {"debitos": 220, "creditos": 110, "extratos": 10}
 
@@ -86,15 +87,9 @@ def haproxy_cmd(*extra):
     return ["haproxy", "-db", "-f", os.path.join(pilha.RAIZ, "haproxy.cfg"), *extra]
 
 
-def esperar(url):
-    for _ in range(200):
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{url} não respondeu")
+def esperar(porta):
+    if not launcher.esperar_200(porta):
+        raise RuntimeError(f"127.0.0.1:{porta} não respondeu")
 
 
 def por_requisicao(cgrupos, requisicoes):
@@ -108,8 +103,8 @@ def piso_haproxy(args, saida):
         env = {"CREBITO_BIND": os.path.join(p.dir, "ninguem.sock"), "CREBITO_PISO_BIND": f"127.0.0.1:{porta}"}
         env.update({f"CREBITO_API0{i}_1": os.path.join(p.dir, f"api0{i}.sock") for i in (1, 2)})
         p.iniciar("haproxy", haproxy_cmd("-f", os.path.join(AQUI, "piso-haproxy.cfg")), env)
+        esperar(porta)
         url = f"http://127.0.0.1:{porta}"
-        esperar(url + "/clientes/1/extrato")
         p.cgrupos.zerar_picos()
         n = rodar_carga(url, args, os.path.join(saida, "haproxy"))
         return {"requisicoes": n, "cpu_ms_por_requisicao": por_requisicao(p.cgrupos, n)}
@@ -128,8 +123,8 @@ def piso_api(args, saida):
             )
             env.update({f"CREBITO_{inst.upper()}_{w}": f"{p.dir}/{inst}-{w}.sock" for w in range(1, workers + 1)})
         p.iniciar("haproxy", haproxy_cmd(), env)
+        esperar(porta)
         url = f"http://127.0.0.1:{porta}"
-        esperar(url + "/clientes/1/extrato")
         p.confinar()
         p.cgrupos.zerar_picos()
         n = rodar_carga(url, args, os.path.join(saida, "api"))
@@ -158,18 +153,12 @@ def multiplos(orcamento, pisos):
     """Each component's CPU per request in a stack run (orcamento.json) as a
     multiple of its floor: HAProxy of the HAProxy floor, the API instances of
     the API floor's, PostgreSQL of pgbench's."""
-    comp = orcamento["componentes"]
-    n = orcamento["requisicoes"]
-
-    def ms(nome):
-        c = comp[nome]
-        return 1000 * (c["cpu_s_cgroup"] if c["cpu_s_cgroup"] is not None else c["cpu_s_proc"]) / n
-
+    ms = orcamento["cpu_ms_por_componente"]
     piso_api_ms = sum(pisos["api"]["cpu_ms_por_requisicao"][i] for i in ("api01", "api02"))
     linhas = {
-        "haproxy": (ms("haproxy"), pisos["haproxy"]["cpu_ms_por_requisicao"]["haproxy"]),
-        "api": (ms("api01") + ms("api02"), piso_api_ms),
-        "postgres": (ms("postgres"), pisos["postgres"]["cpu_ms_por_requisicao"]["postgres"]),
+        "haproxy": (ms["haproxy"], pisos["haproxy"]["cpu_ms_por_requisicao"]["haproxy"]),
+        "api": (ms["api01"] + ms["api02"], piso_api_ms),
+        "postgres": (ms["postgres"], pisos["postgres"]["cpu_ms_por_requisicao"]["postgres"]),
     }
     return {
         nome: {"ms": round(a, 4), "piso_ms": round(b, 4), "multiplo": round(a / b, 2) if b else None}

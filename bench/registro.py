@@ -155,10 +155,9 @@ def _diferenca(a, b):
 class RegistroPorSegundo:
     """Start with iniciar(), end with parar(), which returns the seconds."""
 
-    def __init__(self, p, cgrupos=None, no=None):
+    def __init__(self, p, cgrupos=None):
         self.pilha = p
         self.cgrupos = cgrupos
-        self.no = no
         self.segundos = {}  # second -> dict, filled by the three samplers
         self._trava = threading.Lock()
         self._parar = threading.Event()
@@ -174,10 +173,9 @@ class RegistroPorSegundo:
     def _conectar(self):
         import psycopg
 
-        args = self.pilha.pg(self.no)
-        host, porta = args[args.index("-h") + 1], args[args.index("-p") + 1]
+        no = self.pilha.nos()[0]
         conn = psycopg.connect(
-            f"host={host} port={porta} dbname=crebito user=postgres application_name=bench-registro",
+            f"host={no['pgrun']} port={no['porta']} dbname=crebito user=postgres application_name=bench-registro",
             autocommit=True,
         )
         pid = conn.execute("select pg_catalog.pg_backend_pid()").fetchone()[0]

@@ -303,10 +303,8 @@ def test_pisos_curtos(tmp_path):
         motivos = json.load(f)["motivos_ko"]
     assert not [m for m in motivos if m.startswith(("status 4", "status 5", "conexão"))], motivos
     assert not glob.glob("/sys/fs/cgroup/*/crebito-pisos-*")
-    orcamento = {
-        "requisicoes": 1000,
-        "componentes": {c: {"cpu_s_cgroup": 1.0, "cpu_s_proc": 1.0} for c in ("postgres", "api01", "api02", "haproxy")},
-    }
+    # A run whose every component used 1 ms of CPU per request.
+    orcamento = {"cpu_ms_por_componente": dict.fromkeys(("postgres", "api01", "api02", "haproxy"), 1.0)}
     m = pisos.multiplos(orcamento, medidos)
     assert m["postgres"]["multiplo"] == round(1.0 / medidos["postgres"]["cpu_ms_por_requisicao"]["postgres"], 2)
 
