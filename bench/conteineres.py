@@ -8,8 +8,10 @@ one after the other, and measures each under the same load.
 
 Containers: CPU and memory per component from the engine's cgroups (v1:
 /sys/fs/cgroup/{cpu,cpuacct,memory}/<the container's group>), with the same
-code that reads the native stack's groups. The published port is served by
-docker-proxy, outside every container's budget: its CPU is reported apart.
+code that reads the native stack's groups. Whatever receives the port
+outside every container (docker-proxy, where a port is published) is outside
+every budget too: its processes and CPU are reported apart (none, with
+compose.yml's HAProxy in the host's network).
 The engine is the one DOCKER_HOST names, or a private one (docker/motor.py).
 """
 
@@ -98,20 +100,40 @@ class PilhaCompose:
         return {nome: pilha.arvore(self.pid(nome), tabela) for nome in pilha.COMPONENTES}
 
 
-def docker_proxy(porta):
-    """The pids of the docker-proxy processes that serve the host's porta."""
-    pids = []
+def _socket_inodes(porta):
+    """Inodes of the sockets listening on TCP porta in this network namespace."""
+    inodes = set()
+    for arquivo in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(arquivo) as f:
+            for linha in list(f)[1:]:
+                campos = linha.split()
+                if campos[3] == "0A" and int(campos[1].rsplit(":", 1)[1], 16) == porta:
+                    inodes.add(f"socket:[{campos[9]}]")
+    return inodes
+
+
+def _em_conteiner(pid):
+    with open(f"/proc/{pid}/cgroup") as f:
+        return any("docker" in linha.split(":", 2)[2] for linha in f)
+
+
+def fora_dos_conteineres(porta):
+    """{pid: command} of the processes outside every container that listen on
+    the host's porta: docker-proxy where the port is published, none where a
+    container binds it in the host's network."""
+    inodes = _socket_inodes(porta)
+    achados = {}
     for nome in os.listdir("/proc"):
-        if nome.isdigit():
-            try:
-                with open(f"/proc/{nome}/cmdline", "rb") as f:
-                    args = f.read().split(b"\0")
-            except OSError:
-                continue
-            if args[0].endswith(b"docker-proxy") and b"-host-port" in args:
-                if args[args.index(b"-host-port") + 1] == str(porta).encode():
-                    pids.append(int(nome))
-    return pids
+        if not nome.isdigit():
+            continue
+        try:
+            fds = os.listdir(f"/proc/{nome}/fd")
+            if any(os.readlink(f"/proc/{nome}/fd/{fd}") in inodes for fd in fds) and not _em_conteiner(nome):
+                with open(f"/proc/{nome}/comm") as f:
+                    achados[int(nome)] = f.read().strip()
+        except OSError:
+            continue
+    return achados
 
 
 def cpu_s(pids):
@@ -132,7 +154,7 @@ def medir(p, cgrupos, args, saida, extra_cpu=None):
         carga = json.load(f)
     r = medidor.resultado(carga["total"])
     if extra_cpu:
-        r["cpu_s_docker_proxy"] = round(extra_cpu() - fora0, 2)
+        r["cpu_s_fora"] = round(extra_cpu() - fora0, 2)
     r["carga"] = {k: carga[k] for k in ("total", "ko", "motivos_ko", "pontuacao")}
     r["carga"]["all"] = carga["grupos"]["all"]
     return r
@@ -156,8 +178,9 @@ def rodada_docker(projeto, args, saida):
         ate_200 = time.perf_counter() - t0
         p = PilhaCompose(projeto)
         cgrupos = CgruposDoEngine(projeto, limites)
-        proxy = docker_proxy(projeto.porta)
-        r = medir(p, cgrupos, args, saida, extra_cpu=lambda: cpu_s(proxy))
+        fora = fora_dos_conteineres(projeto.porta)
+        r = medir(p, cgrupos, args, saida, extra_cpu=lambda: cpu_s(fora))
+        r["fora_dos_conteineres"] = sorted(set(fora.values()))
         r["tempo_ate_primeiro_200_s"] = round(ate_200, 2)
         r["reinicios"] = {s: projeto.inspecionar(s)["RestartCount"] for s in SERVICO.values()}
         [[violacoes]] = projeto.psql("select count(*) from api.auditoria()")
@@ -178,8 +201,9 @@ def linha(nome, r):
         + ")  pico MB: "
         + ", ".join(f"{n} {v['pico_mb_cgroup']}" for n, v in c.items())
     )
-    if "cpu_s_docker_proxy" in r:
-        texto += f"  docker-proxy {1000 * r['cpu_s_docker_proxy'] / r['requisicoes']:.4f} ms/req (fora do orçamento)"
+    if "cpu_s_fora" in r:
+        quem = ", ".join(r["fora_dos_conteineres"]) or "nenhum processo"
+        texto += f"  fora dos contêineres ({quem}) {1000 * r['cpu_s_fora'] / r['requisicoes']:.4f} ms/req"
     return texto + f"  primeiro 200 em {r['tempo_ate_primeiro_200_s']} s"
 
 
@@ -226,9 +250,11 @@ def main():
             "max": statistics.median(r["carga"]["all"]["ms"]["max"] for r in rs),
             "cpu_ms": statistics.median(r["cpu_ms_por_requisicao"] for r in rs),
         }
+        fora = [1000 * r["cpu_s_fora"] / r["requisicoes"] for r in rs if "cpu_s_fora" in r]
         print(
             f"mediana de {len(rs)} ({nome}): USD {med['usd']:.2f}, KO {med['ko']}, p99 {med['p99']} ms,"
             f" max {med['max']} ms, CPU {med['cpu_ms']:.4f} ms/req"
+            + (f", fora dos contêineres {statistics.median(fora):.4f} ms/req" if fora else "")
         )
     pilha.salvar_json(os.path.join(saida, "conteineres.json"), {"args": vars(args), "rodadas": rodadas})
     print(f"figuras em {saida}/conteineres.json")

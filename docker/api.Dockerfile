@@ -13,12 +13,14 @@ FROM debian:bookworm-slim
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 libev4 \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin crebito
+    && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin crebito \
+    && install -d -o 10001 -g 10001 -m 0750 /run/crebito
 COPY --from=construcao /opt/crebito /opt/crebito
 COPY server.py /opt/crebito/server.py
 # Numeric, so the owner of the password file (docker/senha.sh) can be read
 # from the image.
 USER 10001:10001
-ENV CREBITO_LISTEN=0.0.0.0:8080 PYTHONUNBUFFERED=1
-EXPOSE 8080
+# Each worker's socket goes in /run/crebito, a volume shared with HAProxy
+# (compose.yml); the directory's group is HAProxy's way in.
+ENV CREBITO_LISTEN=unix:/run/crebito/api-{worker}.sock PYTHONUNBUFFERED=1
 CMD ["/opt/crebito/bin/python", "/opt/crebito/server.py"]

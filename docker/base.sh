@@ -46,14 +46,18 @@ fi
 command -v debootstrap >/dev/null || { echo "crebito: install debootstrap" >&2; exit 1; }
 
 raiz=$(mktemp -d /tmp/crebito-base-XXXXXX)
-trap 'rm -rf "$raiz"' EXIT
+# Interrupted, debootstrap may leave /proc or /sys mounted in the tree: those
+# are unmounted first, and rm never crosses into another file system.
+limpar() {
+    grep -o " $raiz/[^ ]*" /proc/self/mounts | sort -r | xargs -r -n 1 umount -l 2>/dev/null || true
+    rm -rf --one-file-system "$raiz" "$raiz.log"
+}
+trap limpar EXIT
 echo "crebito: making $IMAGEM with debootstrap from $URI" >&2
 debootstrap --variant=minbase "$SUITE" "$raiz" "$URI" >"$raiz.log" 2>&1 || {
     tail -n 20 "$raiz.log" >&2
-    rm -f "$raiz.log"
     exit 1
 }
-rm -f "$raiz.log"
 
 # The image's apt reads the same sources as this machine's (updates and
 # security included), so its packages are the versions the native stack runs.

@@ -4,7 +4,8 @@
 # runs as `postgres`.
 #
 # First start, on an empty volume: initdb, db/schema.sql through a server
-# that listens on no TCP port, then a marker. Every start: crebito_api's
+# whose socket is in a private directory (not the volume the API connects
+# through), then a marker. Every start: crebito_api's
 # password is set from the secret (so the file is the one source of it), and
 # postgres is exec'd with the project's settings.
 set -eu
@@ -29,20 +30,28 @@ if [ ! -e "$PRONTO" ]; then
     como_postgres initdb -D "$PGDATA" -U postgres -E UTF8 --locale=C --no-instructions \
         --auth-local=peer --auth-host=reject >/dev/null
     cat >"$PGDATA/pg_hba.conf" <<'EOF'
-# Only the superuser's own OS user, over the socket inside this container;
-# over the network, only crebito_api, with its SCRAM password.
+# Only unix sockets, as nothing listens on TCP: the superuser's own OS user
+# (inside this container), and crebito_api with its SCRAM password (the API
+# containers reach the socket through a shared volume, under another uid).
 local all postgres peer
-host crebito crebito_api all scram-sha-256
+local crebito crebito_api scram-sha-256
 EOF
     printf "\ninclude '/etc/crebito/postgresql.conf'\ninclude '/etc/crebito/docker.conf'\n" >>"$PGDATA/postgresql.conf"
-    como_postgres pg_ctl -D "$PGDATA" -o "-c listen_addresses=''" -w -s start
-    como_postgres psql -X -q -v ON_ERROR_STOP=1 -d postgres -c "create database crebito"
-    como_postgres psql -X -q -v ON_ERROR_STOP=1 -d crebito -f /usr/share/crebito/db/schema.sql
+    privado=$(mktemp -d)
+    chown postgres:postgres "$privado"
+    como_postgres pg_ctl -D "$PGDATA" -o "-c listen_addresses='' -k $privado" -w -s start
+    como_postgres psql -X -q -v ON_ERROR_STOP=1 -h "$privado" -d postgres -c "create database crebito"
+    como_postgres psql -X -q -v ON_ERROR_STOP=1 -h "$privado" -d crebito -f /usr/share/crebito/db/schema.sql
     como_postgres pg_ctl -D "$PGDATA" -m fast -w -s stop
+    rmdir "$privado"
     touch "$PRONTO"
     chown postgres:postgres "$PRONTO"
     echo "crebito-db: initialised $PGDATA with db/schema.sql" >&2
 fi
+
+# The socket's directory is a volume: whoever made it, postgres owns it and
+# the API's user may enter it.
+install -d -o postgres -g postgres -m 0755 /run/postgresql
 
 # Single-user mode: no connection is accepted until the password is the
 # secret's. It also replays the WAL after a crash, as the server would.

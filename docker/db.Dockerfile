@@ -15,7 +15,6 @@ COPY docker/postgresql.conf /etc/crebito/docker.conf
 COPY docker/db-entrypoint.sh /usr/local/bin/crebito-db
 ENV PATH=/usr/lib/postgresql/15/bin:$PATH PGDATA=/var/lib/postgresql/data
 VOLUME /var/lib/postgresql/data
-EXPOSE 5432
 # Fast shutdown: the API instances hold their connections open, so the
 # default smart shutdown would wait for them until the engine kills it.
 STOPSIGNAL SIGINT

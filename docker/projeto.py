@@ -8,7 +8,8 @@ and starts, inspects and removes one compose project.
                                  # the containers (the volume stays)
 
 Environment: DOCKER_HOST (the engine; when none answers and we are root, a
-private one is started, see docker/motor.py), COMPOSE_PROJECT_NAME,
+private one is started, see docker/motor.py), CREBITO_DOCKER_DADOS (that
+private engine's folder, default /var/lib/crebito-docker), COMPOSE_PROJECT_NAME,
 CREBITO_PORT (host port, default 9999), CREBITO_TAG (image tag, default
 latest), CREBITO_SENHA_API (the password file, default in ~/.config/crebito).
 """
@@ -36,6 +37,25 @@ def comando_compose(env=None):
     return ["docker-compose", "--compatibility"]
 
 
+def _rodar_ate_o_fim(cmd, **kw):
+    """Runs cmd in a process group of its own; when interrupted, passes a
+    SIGTERM to that whole group and waits for it, so the command's own cleanup
+    (base.sh's, which unmounts and removes its debootstrap tree) is not cut
+    short, whoever got the signal (a terminal's Ctrl-C, or make's SIGTERM)."""
+    with subprocess.Popen(cmd, start_new_session=True, **kw) as p:
+        try:
+            if p.wait():
+                raise subprocess.CalledProcessError(p.returncode, cmd)
+        except KeyboardInterrupt:
+            with motor.sem_interrupcao():
+                os.killpg(p.pid, signal.SIGTERM)
+                try:
+                    p.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    os.killpg(p.pid, signal.SIGKILL)
+            raise
+
+
 class Projeto:
     def __init__(self, env, nome=None, porta=None, tag=None, senha=None):
         self.env = dict(env)
@@ -55,7 +75,11 @@ class Projeto:
     def compose(self, *args, **kw):
         kw.setdefault("check", True)
         cmd = [*self.compose_cmd, "-f", COMPOSE, "-p", self.nome, *args]
-        return subprocess.run(cmd, env=self.env, cwd=RAIZ, **kw)
+        # compose reads the secret's path whatever it is asked to do; before
+        # the password file exists (it needs the API image), any will do.
+        env = dict(self.env)
+        env.setdefault("CREBITO_SENHA_API", os.devnull)
+        return subprocess.run(cmd, env=env, cwd=RAIZ, **kw)
 
     def docker(self, *args, **kw):
         kw.setdefault("check", True)
@@ -87,14 +111,9 @@ class Projeto:
     def construir(self, sempre=False):
         """The base image, the images (all of them when sempre, else the
         missing ones) and the password file."""
-        subprocess.run(["bash", os.path.join(RAIZ, "docker", "base.sh")], env=self.env, check=True)
-        # compose reads the secret's path even to build; the file itself
-        # needs the API image (its owner is the image's user).
-        self.env.setdefault("CREBITO_SENHA_API", os.devnull)
+        _rodar_ate_o_fim(["bash", os.path.join(RAIZ, "docker", "base.sh")], env=self.env)
         if sempre or self.imagens_faltando():
             self.compose("build")
-        if self.env["CREBITO_SENHA_API"] == os.devnull:
-            del self.env["CREBITO_SENHA_API"]
         return self.senha()
 
     def container(self, servico):
@@ -108,9 +127,22 @@ class Projeto:
         r = self.docker("inspect", self.container(servico), stdout=subprocess.PIPE, text=True)
         return json.loads(r.stdout)[0]
 
-    def ip(self, servico):
-        redes = self.inspecionar(servico)["NetworkSettings"]["Networks"]
-        return next(iter(redes.values()))["IPAddress"]
+    def volume(self, nome):
+        """Where the project's volume nome is on the host (root may enter)."""
+        r = self.docker(
+            "volume",
+            "ls",
+            "-q",
+            "--filter",
+            f"label=com.docker.compose.project={self.nome}",
+            "--filter",
+            f"label=com.docker.compose.volume={nome}",
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        [volume] = r.stdout.split()
+        r = self.docker("volume", "inspect", "-f", "{{.Mountpoint}}", volume, stdout=subprocess.PIPE, text=True)
+        return r.stdout.strip()
 
     def pid(self, servico):
         """The host pid of the container's first process (0 when stopped)."""
@@ -159,35 +191,26 @@ class Projeto:
 
 
 def main():
-    # `make docker`: Ctrl-C (or SIGTERM) stops and removes the containers.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # `make docker`: Ctrl-C (or SIGTERM, SIGHUP) at any moment stops and
+    # removes the containers, and stops a private engine started here.
+    motor.interromper_com_sinais()
     try:
-        # A private engine keeps its images and volumes here between runs.
-        with motor.motor(dados="/var/lib/crebito-docker") as env:
+        with motor.motor(dados=os.environ.get("CREBITO_DOCKER_DADOS", "/var/lib/crebito-docker")) as env:
             projeto = Projeto(env)
-            # Every time: the engine's cache makes it quick, and an image
-            # never lags behind an edited Dockerfile or source file.
-            projeto.construir(sempre=True)
-            motor.log(f"project {projeto.nome} on http://127.0.0.1:{projeto.porta} (Ctrl-C stops)")
             try:
+                # Every time: the engine's cache makes it quick, and an image
+                # never lags behind an edited Dockerfile or source file.
+                projeto.construir(sempre=True)
+                motor.log(f"project {projeto.nome} on http://127.0.0.1:{projeto.porta} (Ctrl-C stops)")
                 projeto.compose("up", "--no-build", check=False)
-            except KeyboardInterrupt:
-                pass
             finally:
-                with _sem_interrupcao():
+                with motor.sem_interrupcao():
                     projeto.descer(volumes=False)
     except KeyboardInterrupt:
         pass
-
-
-class _sem_interrupcao:
-    """A second Ctrl-C must not leave the containers behind half-removed."""
-
-    def __enter__(self):
-        self.antes = signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-    def __exit__(self, *exc):
-        signal.signal(signal.SIGINT, self.antes)
+    except (RuntimeError, subprocess.CalledProcessError) as e:
+        motor.log(str(e))
+        return 1
 
 
 if __name__ == "__main__":

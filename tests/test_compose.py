@@ -68,10 +68,15 @@ def test_toda_imagem_parte_do_debian_bookworm_slim():
         assert froms and set(froms) == {"debian:bookworm-slim"}, nome
 
 
-def test_so_o_haproxy_publica_a_porta_9999(servicos):
-    assert [str(p) for p in servicos["haproxy"]["ports"]] == ["${CREBITO_PORT:-9999}:9999"]
-    for nome in SERVICOS - {"haproxy"}:
-        assert "ports" not in servicos[nome], nome
+def test_nada_publicado_so_o_haproxy_na_rede_do_host(servicos):
+    # No published port, so no docker-proxy: HAProxy binds the port itself in
+    # the host's network, and the rest have no network at all.
+    for nome, servico in servicos.items():
+        assert "ports" not in servico and "expose" not in servico, nome
+        assert servico["network_mode"] == ("host" if nome == "haproxy" else "none"), nome
+    assert ambiente(servicos["haproxy"])["CREBITO_BIND"] == "*:${CREBITO_PORT:-9999}"
+    for nome in IMAGEM.values():
+        assert "EXPOSE" not in dict(instrucoes(f"docker/{nome}.Dockerfile")), nome
 
 
 def test_limites_em_todo_servico_dentro_do_orcamento(servicos):
@@ -99,31 +104,51 @@ def test_todo_servico_volta_sozinho_e_o_banco_fica_num_volume(compose, servicos)
 
 def test_haproxy_recebe_cada_variavel_do_seu_cfg(servicos):
     referenciadas = set(re.findall(r"\$\{(CREBITO_\w+)\}", ler("haproxy.cfg")))
-    assert {"CREBITO_BIND", "CREBITO_API01", "CREBITO_API02", "CREBITO_WORKERS"} <= referenciadas
+    assert {"CREBITO_BIND", "CREBITO_API01_1", "CREBITO_API02_1"} <= referenciadas
     env = ambiente(servicos["haproxy"])
-    # A variable the cfg tests with `.if defined(...)` may be left unset, and
-    # compose uses the form where an instance's workers share one address:
-    # the per-worker servers (CREBITO_API01_1, ...) are the native stack's.
-    opcionais = set(re.findall(r"^\s*\.if defined\((CREBITO_\w+)\)", ler("haproxy.cfg"), re.M))
-    por_worker = {v for v in referenciadas if re.fullmatch(r"CREBITO_API0\d_\d", v)}
-    assert referenciadas - opcionais - por_worker <= set(env)
-    assert env["CREBITO_BIND"].endswith(":9999")
+    # Workers after the first may be left unset (`.if defined(...)`), and the
+    # user to switch to is for a root launcher (the image runs as haproxy);
+    # every other variable is set, and nothing the cfg does not read.
+    opcionais = {v for v in referenciadas if re.fullmatch(r"CREBITO_API0\d_[2-9]|CREBITO_USUARIO", v)}
+    assert referenciadas - opcionais <= set(env) <= referenciadas
     copias = [arg.split() for inst, arg in instrucoes("docker/haproxy.Dockerfile") if inst == "COPY"]
     assert ["haproxy.cfg", "/etc/haproxy/crebito.cfg"] in copias
     assert "/etc/haproxy/crebito.cfg" in dict(instrucoes("docker/haproxy.Dockerfile"))["CMD"]
 
 
-def test_haproxy_aponta_para_as_apis_e_seus_workers(servicos):
+def montagens(servico):
+    """{volume: path in the container}."""
+    return dict(v.split(":")[:2] for v in servico.get("volumes", []))
+
+
+def test_haproxy_aponta_para_cada_worker_no_seu_socket(compose, servicos):
     env = ambiente(servicos["haproxy"])
+    sockets = montagens(servicos["haproxy"])["sockets"]
+    assert "sockets" in compose["volumes"]
     for n, nome in enumerate(APIS, start=1):
         api = ambiente(servicos[nome])
-        host, _, porta = env[f"CREBITO_API0{n}"].rpartition(":")
-        assert host == nome
-        # HAProxy dials the port the instance listens on.
-        assert api["CREBITO_LISTEN"] == f"0.0.0.0:{porta}"
-        # maxconn per server must equal the instance's workers.
-        assert api["CREBITO_WORKERS"] == env["CREBITO_WORKERS"]
+        # The same volume at the same path, so the paths HAProxy dials are
+        # the ones the workers bind.
+        assert montagens(servicos[nome])["sockets"] == sockets
+        assert api["CREBITO_LISTEN"] == f"unix:{sockets}/{nome}-{{worker}}.sock"
+        workers = int(api["CREBITO_WORKERS"])
+        assert 1 <= workers <= 4
+        servidores = sorted(k for k in env if k.startswith(f"CREBITO_API0{n}_"))
+        assert servidores == [f"CREBITO_API0{n}_{w}" for w in range(1, workers + 1)]
+        for w in range(1, workers + 1):
+            assert env[f"CREBITO_API0{n}_{w}"] == api["CREBITO_LISTEN"][len("unix:") :].replace("{worker}", str(w))
     assert set(servicos["haproxy"]["depends_on"]) >= set(APIS)
+
+
+def test_so_o_haproxy_entra_na_pasta_dos_sockets():
+    # The API's user owns it, HAProxy's user is in its group, no one else enters.
+    api = ler("docker", "api.Dockerfile")
+    haproxy = ler("docker", "haproxy.Dockerfile")
+    assert "useradd --system --uid 10001 --user-group" in api
+    assert "groupadd --system --gid 10001 crebito" in haproxy
+    assert "usermod --append --groups crebito haproxy" in haproxy
+    for dockerfile in (api, haproxy):
+        assert "install -d -o 10001 -g 10001 -m 0750 /run/crebito" in dockerfile
 
 
 def test_ambiente_das_apis_e_o_que_o_server_le(servicos):
@@ -135,10 +160,11 @@ def test_ambiente_das_apis_e_o_que_o_server_le(servicos):
         assert {"DATABASE_URL", "CREBITO_LISTEN", "CREBITO_WORKERS"} <= set(env)
         assert int(env["CREBITO_WORKERS"]) >= 1
         dsn = conninfo(env["DATABASE_URL"])
-        assert dsn["host"] == "db"
+        # The database's socket, through the volume both containers mount.
+        assert dsn["host"] == montagens(servicos[nome])["pgrun"] == montagens(servicos["db"])["pgrun"]
+        assert "port" not in dsn
         assert dsn["user"] == "crebito_api"
         assert dsn["dbname"] == "crebito"
-        assert dsn.get("port", "5432") == "5432"
         # The password comes from the compose secret, as a libpq passfile.
         assert dsn["passfile"] == SEGREDO
         assert servicos[nome]["secrets"] == ["crebito_api"]
@@ -157,7 +183,7 @@ def test_nenhuma_autenticacao_trust():
     entrada = ler("docker", "db-entrypoint.sh")
     hba = re.search(r"pg_hba.conf\" <<'EOF'\n(.*?)\nEOF", entrada, re.S).group(1)
     regras = [linha.split() for linha in hba.splitlines() if linha and not linha.startswith("#")]
-    assert regras == [["local", "all", "postgres", "peer"], ["host", "crebito", "crebito_api", "all", "scram-sha-256"]]
+    assert regras == [["local", "all", "postgres", "peer"], ["local", "crebito", "crebito_api", "scram-sha-256"]]
     for arquivo in os.listdir(os.path.join(RAIZ, "docker")):
         if not os.path.isfile(os.path.join(RAIZ, "docker", arquivo)):
             continue
@@ -178,7 +204,7 @@ def test_db_inicializa_com_o_schema():
     copias = [arg.split() for inst, arg in instrucoes("docker/db.Dockerfile") if inst == "COPY"]
     assert ["db", "/usr/share/crebito/db"] in copias
     entrada = ler("docker", "db-entrypoint.sh")
-    assert "-v ON_ERROR_STOP=1 -d crebito -f /usr/share/crebito/db/schema.sql" in entrada
+    assert "-v ON_ERROR_STOP=1 -d crebito -f /usr/share/crebito/db/schema.sql" in entrada.replace('-h "$privado" ', "")
     # schema.sql includes every function itself.
     incluidas = set(re.findall(r"^\\ir (functions/\S+\.sql)$", ler("db", "schema.sql"), re.M))
     funcoes = {f"functions/{f}" for f in os.listdir(os.path.join(RAIZ, "db", "functions")) if f.endswith(".sql")}
@@ -196,12 +222,14 @@ def configuracoes(texto):
 
 
 def test_db_com_as_configuracoes_do_cluster_nativo(servicos):
-    # One source: stack/postgresql.conf built in, and after it only what TCP needs.
+    # One source: stack/postgresql.conf built in, and after it only where the
+    # socket is (the volume the API mounts) and that nothing listens on TCP.
     assert "command" not in servicos["db"]
     copias = [arg.split() for inst, arg in instrucoes("docker/db.Dockerfile") if inst == "COPY"]
     assert ["stack/postgresql.conf", "/etc/crebito/postgresql.conf"] in copias
     assert ["docker/postgresql.conf", "/etc/crebito/docker.conf"] in copias
-    assert configuracoes(ler("docker", "postgresql.conf")) == {"listen_addresses": "*"}
+    pasta = montagens(servicos["db"])["pgrun"]
+    assert configuracoes(ler("docker", "postgresql.conf")) == {"listen_addresses": "", "unix_socket_directories": pasta}
     entrada = ler("docker", "db-entrypoint.sh")
     assert entrada.index("include '/etc/crebito/postgresql.conf'") < entrada.index("include '/etc/crebito/docker.conf'")
     nativo = configuracoes(ler("stack", "postgresql.conf"))
@@ -211,13 +239,16 @@ def test_db_com_as_configuracoes_do_cluster_nativo(servicos):
     assert int(nativo["max_connections"]) >= workers + 3
 
 
-def test_healthcheck_do_db_usa_tcp_como_a_api(servicos):
-    # While the schema loads, the server listens on no TCP port: a check over
-    # TCP, with the API's role and password, passes only once it is done.
+def test_healthcheck_do_db_conecta_como_a_api(servicos):
+    # While the schema loads, the server's socket is in a private directory:
+    # a check through the API's socket, with its role and password, passes
+    # only once it is done.
     teste = servicos["db"]["healthcheck"]["test"]
     assert teste[:2] == ["CMD", "psql"]
     dsn = conninfo(next(t for t in teste if t.startswith("host=")))
-    assert dsn == {"host": "127.0.0.1", "dbname": "crebito", "user": "crebito_api", "passfile": SEGREDO}
+    api = conninfo(ambiente(servicos["api01"])["DATABASE_URL"])
+    assert dsn == {k: api[k] for k in ("host", "dbname", "user", "passfile")}
+    assert "-k $privado" in ler("docker", "db-entrypoint.sh")
 
 
 def test_dockerfiles_copiam_arquivos_que_existem_no_contexto():

@@ -1,9 +1,12 @@
-"""The Docker deployment, run for real: the three images built from the
-Debian base, compose.yml brought up on a Docker engine (the one DOCKER_HOST
-names, or a private dockerd started for this module when none answers and we
-are root), and then the official phases and the HTTP contract against it, the
-limits the engine applied, the users its processes run as, the password
-PostgreSQL asks for, kill -9 under idempotent load, and `down -v`.
+"""The Docker deployment, run for real: first `make docker` itself on a
+private engine, interrupted (Ctrl-C, SIGKILL, SIGTERM) at its several stages;
+then the three images built from the Debian base, compose.yml brought up on a
+Docker engine (the one DOCKER_HOST names, or a private dockerd on the same
+folder as `make docker`'s, so its build cache is reused, when none answers
+and we are root), and the official phases and the HTTP contract against it,
+nothing outside the containers on the request path, the limits the engine
+applied, the users its processes run as, the password PostgreSQL asks for,
+kill -9 under idempotent load, and `down -v`.
 
 Everything this module creates carries its own project name and image tag,
 and is removed afterwards: a system engine's other containers, images and
@@ -33,14 +36,12 @@ sys.path.insert(0, os.path.join(RAIZ, "docker"))
 import motor  # noqa: E402
 from projeto import SERVICOS, Projeto  # noqa: E402
 
-# The official phases and every HTTP contract test, collected here again:
-# their `http` and `api_db` fixtures are this module's, on the compose stack.
-for _modulo in (test_fases_oficiais, test_http_contrato):
-    globals().update({nome: f for nome, f in vars(_modulo).items() if nome.startswith("test_")})
-
 WORKERS = 3
 # Time to wait for the stack after `up`, a first start included (initdb).
 PRONTO_EM = 120
+# This module's images and projects carry it in their names.
+MARCA = uuid.uuid4().hex[:8]
+TAG = f"teste-{MARCA}"
 
 
 class PilhaCompose(Stack):
@@ -57,11 +58,11 @@ class PilhaCompose(Stack):
         raise RuntimeError(f"the compose stack did not answer in {limite}s:\n{logs.stdout}")
 
     def dsn(self, user="crebito_api", passfile=None):
-        """Over compose's network, as the API connects (the host reaches it
-        through the network's bridge)."""
+        """Through the database's socket, as the API connects: the host (as
+        root) reaches it in the volume the db and API containers share."""
         passfile = passfile or self.projeto.env["CREBITO_SENHA_API"]
-        ip = self.projeto.ip("db")
-        return f"host={ip} port=5432 dbname=crebito user={user} passfile={passfile} connect_timeout=5"
+        pasta = self.projeto.volume("pgrun")
+        return f"host={pasta} dbname=crebito user={user} passfile={passfile} connect_timeout=5"
 
 
 def relatar(config, msg):
@@ -72,31 +73,47 @@ def relatar(config, msg):
 
 
 @pytest.fixture(scope="module")
-def engine():
+def pasta_do_motor():
+    """The folder of this module's private engines (`make docker`'s own is
+    /var/lib/crebito-docker): images, volumes, build cache."""
+    pasta = tempfile.mkdtemp(prefix="crebito-docker-")
+    yield pasta
+    # What a failed test may have left: its `make docker`, and engines.
+    for make in MakeDocker.iniciados:
+        if make.p.poll() is None:
+            os.killpg(make.p.pid, signal.SIGKILL)
+            make.p.wait()
+    restantes = motor.dockerds(pasta)
+    motor.parar_dockerds(pasta)
+    shutil.rmtree(pasta, ignore_errors=True)
+    assert restantes == []
+
+
+@pytest.fixture(scope="module")
+def senha():
+    pasta = tempfile.mkdtemp(prefix="crebito-senha-")
+    yield os.path.join(pasta, "crebito_api.pgpass")
+    shutil.rmtree(pasta, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def engine(pasta_do_motor):
     if not motor.responde() and os.geteuid() != 0:
         pytest.skip("no Docker engine answers, and only root can start a private one")
     # A SIGTERM (a CI timeout) unwinds like Ctrl-C, so pytest still runs the
     # finalizers that stop a private engine and remove its files.
     anterior = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        with motor.motor() as env:
+        with motor.motor(dados=pasta_do_motor) as env:
             yield env
     finally:
         signal.signal(signal.SIGTERM, anterior)
 
 
 @pytest.fixture(scope="module")
-def projeto(engine, pytestconfig):
+def projeto(engine, senha, pytestconfig):
     """The images built once, and the password file, for this module."""
-    marca = uuid.uuid4().hex[:8]
-    pasta = tempfile.mkdtemp(prefix="crebito-senha-")
-    p = Projeto(
-        engine,
-        nome=f"crebito-teste-{marca}",
-        porta=porta_livre(),
-        tag=f"teste-{marca}",
-        senha=os.path.join(pasta, "crebito_api.pgpass"),
-    )
+    p = Projeto(engine, nome=f"crebito-teste-{MARCA}", porta=porta_livre(), tag=TAG, senha=senha)
     try:
         t0 = time.monotonic()
         p.construir(sempre=True)
@@ -106,7 +123,6 @@ def projeto(engine, pytestconfig):
         p.descer()
         for nome in ("db", "api", "haproxy"):
             p.docker("rmi", p.imagem(nome), capture_output=True, check=False)
-        shutil.rmtree(pasta, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +152,155 @@ def http(pilha_docker):
 def api_db(http):
     with psycopg.connect(http.dsn(), autocommit=True) as conn:
         yield conn
+
+
+# -- make docker, interrupted -------------------------------------------------------
+# These run first, before this module's own engine starts on the same folder
+# (two engines never share one): a private engine because DOCKER_HOST names
+# nothing, on pasta_do_motor; each `make docker` in a session of its own, as
+# a terminal runs it, so a "Ctrl-C" reaches make and Python together.
+
+
+class MakeDocker:
+    iniciados = []
+
+    def __init__(self, pasta, senha, porta):
+        self.pasta = pasta
+        self.porta = porta
+        env = dict(
+            os.environ,
+            DOCKER_HOST=f"unix://{pasta}/nenhum.sock",
+            CREBITO_DOCKER_DADOS=pasta,
+            CREBITO_PORT=str(porta),
+            COMPOSE_PROJECT_NAME=f"crebito-make-{MARCA}",
+            CREBITO_TAG=TAG,
+            CREBITO_SENHA_API=senha,
+        )
+        self.saida = tempfile.TemporaryFile()
+        self.p = subprocess.Popen(
+            ["make", "-s", "docker"], cwd=RAIZ, env=env, start_new_session=True, stdout=self.saida, stderr=self.saida
+        )
+        self.iniciados.append(self)
+
+    def comandos(self):
+        """The command lines of make's descendants."""
+        linhas = []
+        for pid in arvore_de_processos(self.p.pid)[1:]:
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    linhas.append(f.read().replace(b"\0", b" ").decode(errors="replace"))
+            except OSError:
+                pass
+        return linhas
+
+    def esperar_comando(self, trecho, limite):
+        def achou():
+            if self.p.poll() is not None:
+                raise AssertionError(f"make docker exited with {self.p.returncode}:\n{self.log()}")
+            return any(trecho in c for c in self.comandos())
+
+        assert esperar(achou, limite, passo=0.2), f"no {trecho!r} under make docker in {limite}s:\n{self.log()}"
+
+    def serve(self, limite):
+        pilha = Stack(var=None, porta=self.porta, workers=WORKERS, launcher=None)
+        return pilha.atendeu(limite)
+
+    def terminar(self, limite=180):
+        """Waits for make to exit; returns its code."""
+        try:
+            return self.p.wait(timeout=limite)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"make docker still running {limite}s after the signal:\n{self.log()}") from None
+
+    def log(self, limite=4000):
+        self.saida.seek(0)
+        texto = self.saida.read().decode(errors="replace")
+        return texto[-limite:] if limite else texto
+
+
+def arvore_de_processos(pid):
+    """pid and its descendants, from /proc/*/stat (those in sessions of their
+    own included)."""
+    filhos = {}
+    for nome in os.listdir("/proc"):
+        if nome.isdigit():
+            try:
+                with open(f"/proc/{nome}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            filhos.setdefault(ppid, []).append(int(nome))
+    pids = [pid]
+    for p in pids:
+        pids.extend(filhos.get(p, []))
+    return pids
+
+
+def montado_em(pasta):
+    with open("/proc/self/mountinfo") as f:
+        return [linha.split()[4] for linha in f if linha.split()[4].startswith(pasta)]
+
+
+@pytest.fixture
+def raiz_necessaria():
+    if os.geteuid() != 0 or not shutil.which("dockerd"):
+        pytest.skip("a private engine needs root and dockerd")
+
+
+def test_ctrl_c_durante_a_imagem_base_para_o_motor(raiz_necessaria, pasta_do_motor, senha):
+    make = MakeDocker(pasta_do_motor, senha, porta_livre())
+    # The folder is new: the base image is made with debootstrap.
+    make.esperar_comando("debootstrap", 180)
+    assert len(motor.dockerds(pasta_do_motor)) == 1
+    os.killpg(make.p.pid, signal.SIGINT)
+    make.terminar()
+    assert motor.dockerds(pasta_do_motor) == []
+    assert montado_em(pasta_do_motor) == []
+    assert montado_em("/tmp/crebito-base-") == []
+
+
+def test_ctrl_c_durante_a_construcao_das_imagens_para_o_motor(raiz_necessaria, pasta_do_motor, senha):
+    make = MakeDocker(pasta_do_motor, senha, porta_livre())
+    make.esperar_comando(" build", 900)
+    time.sleep(2)
+    os.killpg(make.p.pid, signal.SIGINT)
+    make.terminar()
+    assert motor.dockerds(pasta_do_motor) == []
+    assert montado_em(pasta_do_motor) == []
+
+
+def test_sigkill_deixa_um_motor_que_o_proximo_make_docker_reusa(raiz_necessaria, pasta_do_motor, senha, pytestconfig):
+    porta = porta_livre()
+    make = MakeDocker(pasta_do_motor, senha, porta)
+    assert make.serve(900), make.log()
+    [motor_antigo] = motor.dockerds(pasta_do_motor)
+    # kill -9 of make and everything in its session: the engine, a session of
+    # its own, is left behind, and so are the containers it runs.
+    os.killpg(make.p.pid, signal.SIGKILL)
+    make.terminar()
+    assert motor.dockerds(pasta_do_motor) == [motor_antigo]
+    assert make.serve(10)
+
+    t0 = time.monotonic()
+    segundo = MakeDocker(pasta_do_motor, senha, porta)
+    motores = set()
+
+    def serve():
+        motores.update(motor.dockerds(pasta_do_motor))
+        # The old containers still answer: wait until this run is up.
+        return "(Ctrl-C stops)" in segundo.log() and segundo.serve(0.5)
+
+    assert esperar(serve, 600, passo=0.2), segundo.log()
+    relatar(pytestconfig, f"make docker after a SIGKILL: serving again in {time.monotonic() - t0:.1f}s")
+    assert motores == {motor_antigo}
+    assert "reusing the private Docker engine" in segundo.log(limite=None)
+    # SIGTERM to make alone (as `kill` or a service manager sends it): make
+    # passes it on, and the containers and the engine are stopped.
+    segundo.p.terminate()
+    segundo.terminar()
+    assert motor.dockerds(pasta_do_motor) == []
+    assert montado_em(pasta_do_motor) == []
+    assert not segundo.serve(1)
 
 
 # -- the images ---------------------------------------------------------------------
@@ -285,10 +450,12 @@ def test_postgres_recusa_conexao_sem_a_senha(pilha_docker, tmp_path):
         psycopg.connect(pilha_docker.dsn(passfile=vazio))
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         psycopg.connect(pilha_docker.dsn(passfile=errada))
-    # The superuser and the tables' owner have no way in over the network at all.
-    for usuario in ("postgres", "crebito"):
-        with pytest.raises(psycopg.OperationalError, match="no pg_hba.conf entry"):
-            psycopg.connect(pilha_docker.dsn(usuario, passfile=errada))
+    # The superuser only as its own OS user inside its container; the tables'
+    # owner not at all.
+    with pytest.raises(psycopg.OperationalError, match="Peer authentication failed"):
+        psycopg.connect(pilha_docker.dsn("postgres", passfile=errada))
+    with pytest.raises(psycopg.OperationalError, match="no pg_hba.conf entry"):
+        psycopg.connect(pilha_docker.dsn("crebito", passfile=errada))
     # With the secret: the API's role, which may only call the api functions.
     with psycopg.connect(pilha_docker.dsn(), autocommit=True) as conn:
         assert conn.execute("select status from api.extrato(1)").fetchone() == (200,)
@@ -307,9 +474,46 @@ def test_arquivo_da_senha_0600_fora_do_repositorio(projeto):
     assert f"{st.st_uid}:{st.st_gid}" == usuario
 
 
+def escutas_tcp(pid):
+    """The TCP ports listening in pid's network namespace."""
+    portas = set()
+    for arquivo in ("tcp", "tcp6"):
+        with open(f"/proc/{pid}/net/{arquivo}") as f:
+            for linha in list(f)[1:]:
+                campos = linha.split()
+                if campos[3] == "0A":  # LISTEN
+                    portas.add(int(campos[1].rsplit(":", 1)[1], 16))
+    return portas
+
+
+def test_nada_fora_dos_conteineres_no_caminho_do_pedido(pilha_docker):
+    projeto = pilha_docker.projeto
+    assert pilha_docker.extrato(1).status == 200
+    sys.path.insert(0, os.path.join(RAIZ, "bench"))
+    import conteineres
+
+    # No docker-proxy at all, and nothing published.
+    assert conteineres.fora_dos_conteineres(projeto.porta) == {}
+    for servico in SERVICOS:
+        info = projeto.inspecionar(servico)
+        assert not info["HostConfig"]["PortBindings"], servico
+        assert info["HostConfig"]["NetworkMode"] == ("host" if servico == "haproxy" else "none"), servico
+    # HAProxy listens on the port in the host's own network namespace.
+    haproxy = projeto.pid("haproxy")
+    assert os.readlink(f"/proc/{haproxy}/ns/net") == os.readlink("/proc/self/ns/net")
+    assert projeto.porta in escutas_tcp(haproxy)
+    # The API instances and the database listen on no TCP port: unix sockets only.
+    for servico in ("api01", "api02", "db"):
+        for pid in arvore(projeto.pid(servico)):
+            assert escutas_tcp(pid) == set(), servico
+    assert sorted(os.listdir(projeto.volume("sockets"))) == sorted(
+        f"{api}-{n}.sock" for api in ("api01", "api02") for n in range(1, WORKERS + 1)
+    )
+
+
 def test_bench_le_os_cgrupos_dos_conteineres(pilha_docker):
     """bench/conteineres.py measures each container through the group the
-    engine made for it, and finds the docker-proxy serving the port."""
+    engine made for it."""
     sys.path.insert(0, os.path.join(RAIZ, "bench"))
     import conteineres
     import pilha as bench
@@ -322,7 +526,6 @@ def test_bench_le_os_cgrupos_dos_conteineres(pilha_docker):
     for nome in bench.COMPONENTES:
         assert cgrupos.cpu_s(nome) > antes[nome], nome
         assert 0 < cgrupos.pico_mb(nome) <= cgrupos.limites[nome][1], nome
-    assert conteineres.docker_proxy(pilha_docker.porta)
 
 
 # -- kill -9 under load, and down ----------------------------------------------------------
@@ -406,9 +609,19 @@ def test_outro_projeto_e_outra_pilha_e_down_remove_tudo(projeto, http):
         segunda.esperar_pronto()
         assert segunda.extrato(1).json["saldo"]["total"] == 0
         assert http.extrato(1).json["saldo"]["total"] == 10
-        for tipo in ("container", "volume", "network"):
+        for tipo in ("container", "volume"):
             assert outro.rotulados(tipo), tipo
+        # No service uses a compose network.
+        assert outro.rotulados("network") == []
     finally:
         outro.descer()
-    for tipo in ("container", "volume", "network"):
+    for tipo in ("container", "volume"):
         assert outro.rotulados(tipo) == [], tipo
+
+
+# The official phases and every HTTP contract test, collected here again:
+# their `http` and `api_db` fixtures are this module's, on the compose stack.
+# Added last, so pytest runs them after the tests above: `make docker`'s,
+# which must run before this module's engine takes the folder, come first.
+for _modulo in (test_fases_oficiais, test_http_contrato):
+    globals().update({nome: f for nome, f in vars(_modulo).items() if nome.startswith("test_")})
