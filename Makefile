@@ -3,13 +3,27 @@ PY := .venv/bin/python
 # Workers of the distributed topology started by `make citus`.
 CREBITO_CITUS_WORKERS ?= 2
 
-.PHONY: run citus reset test lint auditoria docker
+.PHONY: run citus ha backup restaurar reset test lint auditoria docker
 run: .venv/.installed
 	$(PY) stack/launcher.py
 
 # The same API on a Citus cluster: a coordinator and CREBITO_CITUS_WORKERS workers.
 citus: .venv/.installed
 	CREBITO_CITUS_WORKERS=$(CREBITO_CITUS_WORKERS) $(PY) stack/launcher.py
+
+# The same API on two PostgreSQL nodes run by Patroni (a primary and its
+# synchronous standby) with one etcd member: see README's "High availability".
+ha: .venv/.installed
+	CREBITO_HA=1 $(PY) stack/launcher.py
+
+# HA: a backup of the running cluster with pgBackRest (full the first time,
+# then differential), and a restore to a moment into a new data directory:
+#   make restaurar ALVO='2026-12-06 12:00:00+00' DESTINO=/path/to/new/pgdata
+backup: .venv/.installed
+	$(PY) stack/backup.py backup
+
+restaurar: .venv/.installed
+	$(PY) stack/backup.py restaurar "$(ALVO)" "$(DESTINO)"
 
 # Starts with the database back at the five initial clients.
 reset: .venv/.installed

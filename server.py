@@ -13,6 +13,9 @@ Configuration (environment):
                       each worker listens on its own address, {worker} being its number from 1
     CREBITO_WORKERS   pre-forked worker processes, each with its own connection (default 3)
     CREBITO_USUARIO   OS user to switch to once the socket is bound (when started as root)
+    CREBITO_PRAZO_BANCO  seconds a call may wait for the database before it is answered 503 and
+                      the connection replaced (default: no limit): a server that hangs with its
+                      sockets open (a frozen machine, in the HA topology) then holds no worker
 """
 
 import ctypes
@@ -88,9 +91,27 @@ AQUECIMENTO = [
 class Banco:
     """One persistent libpq connection, reopened when it breaks."""
 
-    def __init__(self, conninfo):
+    def __init__(self, conninfo, prazo=None):
         self.conninfo = conninfo
+        self.prazo = prazo
         self.pgconn = None
+
+    def _executar(self, nome, params, formatos=None):
+        """exec_prepared, waiting at most `prazo` seconds for the answer."""
+        if self.prazo is None:
+            return self.pgconn.exec_prepared(nome, params, formatos)
+        pgconn = self.pgconn
+        pgconn.send_query_prepared(nome, params, formatos)
+        fim = time.monotonic() + self.prazo
+        while pgconn.is_busy():
+            restante = fim - time.monotonic()
+            if restante <= 0 or not select.select([pgconn.socket], [], [], restante)[0]:
+                raise psycopg.OperationalError(f"o banco não respondeu em {self.prazo} s")
+            pgconn.consume_input()
+        res = pgconn.get_result()
+        while pgconn.get_result() is not None:
+            pass
+        return res
 
     def _conectar(self):
         pgconn = pq.PGconn.connect(self.conninfo)
@@ -103,18 +124,26 @@ class Banco:
         self.pgconn = pgconn
 
     def conectar(self):
-        """Connects and warms the session up when the worker starts; a
-        reconnection while serving skips the warm-up, which would delay the
-        request that waits for it (and on a cluster may reach a node that is
-        down, client 0's)."""
-        try:
-            self._conectar()
-        except psycopg.Error as e:
-            log.error("sem conexão com o banco, tentando no próximo pedido: %s", e)
-            return
+        """Connects and warms the session up when the worker starts, waiting
+        as long as the database takes to answer (a first start loads the
+        schema): the worker listens only then, so until it can serve, HAProxy
+        finds its socket closed and sends it nothing, and no container
+        healthcheck has to ask the database over and over. A reconnection
+        while serving skips the warm-up, which would delay the request that
+        waits for it (and on a cluster may reach a node that is down, client 0's)."""
+        espera = 0.05
+        while True:
+            try:
+                self._conectar()
+                break
+            except psycopg.Error as e:
+                if espera == 0.05:
+                    log.warning("esperando o banco: %s", str(e).strip())
+                time.sleep(espera)
+                espera = min(2 * espera, 1.0)
         try:
             for nome, params in AQUECIMENTO:
-                res = self.pgconn.exec_prepared(nome, params, STATEMENTS[nome][2])
+                res = self._executar(nome, params, STATEMENTS[nome][2])
                 if res.status != TUPLES_OK:
                     log.warning("aquecimento de %s falhou: %s", nome.decode(), res.get_error_message().strip())
         except psycopg.Error as e:
@@ -141,9 +170,9 @@ class Banco:
                     self._descartar()
                 if self.pgconn is None or self.pgconn.status != OK:
                     self._conectar()
-                res = confirmacao = self.pgconn.exec_prepared(nome, params, STATEMENTS[nome][2])
+                res = confirmacao = self._executar(nome, params, STATEMENTS[nome][2])
                 if res.status == TUPLES_OK and res.get_value(0, 2) != b"t":
-                    confirmacao = self.pgconn.exec_prepared(b"confirmar", params[:1])
+                    confirmacao = self._executar(b"confirmar", params[:1])
             except psycopg.Error as e:
                 log.error("falha ao chamar %s: %s", nome.decode(), e)
                 self._descartar()
@@ -182,7 +211,7 @@ class Banco:
         self.pgconn = None
 
 
-banco = Banco(os.environ.get("DATABASE_URL", "").encode())
+banco = Banco(os.environ.get("DATABASE_URL", "").encode(), float(os.environ.get("CREBITO_PRAZO_BANCO") or 0) or None)
 
 
 def _cliente_id(texto):
@@ -278,10 +307,10 @@ def _iniciar_worker(numero, endereco):
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     _morrer_com_o_pai(pai)
+    banco.conectar()
     if "{worker}" in endereco:
         # Its own socket: HAProxy then sends it a request only when it is free.
         _listen(endereco.replace("{worker}", str(numero)))
-    banco.conectar()
     try:
         bjoern.run()
     finally:

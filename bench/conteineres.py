@@ -215,6 +215,8 @@ def main():
     ap.add_argument("--saida", default=None, help="folder for the figures (default: bench/results/conteineres-<date>)")
     args = ap.parse_args()
     saida = pilha.pasta_de_saida(args, "conteineres")
+    # A SIGTERM unwinds as Ctrl-C does: the stacks and a private engine stop.
+    motor.interromper_com_sinais()
     rodadas = []
     with motor.motor() as env:
         marca = uuid.uuid4().hex[:8]

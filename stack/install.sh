@@ -13,6 +13,10 @@ command -v haproxy >/dev/null || faltam+=(haproxy)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || faltam+=(postgresql)
 command -v psql >/dev/null || faltam+=(postgresql-client)
 command -v pgbench >/dev/null || faltam+=(postgresql-contrib)
+# The high-availability topology (make ha): Patroni, etcd and pgBackRest.
+command -v patroni >/dev/null || faltam+=(patroni)
+command -v etcd >/dev/null || faltam+=(etcd-server)
+command -v pgbackrest >/dev/null || faltam+=(pgbackrest)
 # The saturation benchmark (bench/saturacao.py) drives wrk.
 command -v wrk >/dev/null || faltam+=(wrk)
 python3 -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(sysconfig.get_paths()["include"] + "/Python.h"))' \

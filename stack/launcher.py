@@ -3,8 +3,11 @@
 PostgreSQL (a private cluster under the data directory), two API instances
 (server.py) and HAProxy on :9999; with CREBITO_CITUS_WORKERS=N, a Citus
 coordinator and N workers instead of the one cluster (stack/topologia.py), the
-API instances connected straight to the workers. Whatever dies is started
-again; Ctrl-C or SIGTERM stops everything cleanly. Started as root, nothing it
+API instances connected straight to the workers; with CREBITO_HA=1, two
+clusters run by Patroni, a primary and its synchronous standby, with one etcd
+member (stack/patroni.py), the API instances connected to whichever is the
+primary. Whatever dies is started again (stack/processos.py); Ctrl-C or
+SIGTERM stops everything cleanly. Started as root, nothing it
 starts stays root: PostgreSQL runs as `postgres`, the API instances as
 `crebito-api` and HAProxy as `haproxy`, each switching user once its socket is
 bound. `--reset` wipes the data first, so the
@@ -23,6 +26,7 @@ Environment:
     CREBITO_CITUS_WORKERS  Citus workers of a new data directory (default 0:
                       single-node); an existing one keeps the topology it has
     CREBITO_CITUS_PORT     first TCP port of the Citus nodes (default: free ports)
+    CREBITO_HA        1: the high-availability topology for a new data directory
 """
 
 import argparse
@@ -39,8 +43,12 @@ import subprocess
 import sys
 import time
 
+import backup
+import patroni
+import processos
 import segredos
 import topologia
+from processos import Processo
 
 RAIZ = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CITUS_AUSENTE = (
@@ -95,7 +103,8 @@ class Stack:
     def __init__(self, var, nos):
         self.var = os.path.abspath(var)
         self.nos = nos
-        self.citus = len(nos) > 1
+        self.ha = topologia.ha(nos)
+        self.citus = len(nos) > 1 and not self.ha
         self.sock = os.path.join(self.var, "sock")
         self.bin = pg_bin()
         self.porta = os.environ.get("CREBITO_PORT", "9999")
@@ -117,8 +126,7 @@ class Stack:
         # Who started the stack: besides each component's own user, the only
         # OS user the database lets in (the tests, make auditoria, bench/).
         self.dono = pwd.getpwuid(os.geteuid()).pw_name
-        self.processos = {}  # nome -> (Popen, started_at)
-        self.parando = False
+        self.supervisor = processos.Supervisor(self.var)
 
     # -- PostgreSQL -------------------------------------------------------
 
@@ -146,6 +154,10 @@ class Stack:
             self._dono(os.path.dirname(no.pgdata), self.usuario)
         self._dono(no.pgrun, self.usuario, self.usuario_api, 0o750)
         self._dono(self.sock, self.usuario_api, self.usuario_haproxy, 0o750)
+        if self.ha:
+            # Patroni makes (or clones) the cluster; the launcher loads the
+            # schema once a primary answers (carregar_schema_se_falta).
+            return False
         if os.path.exists(os.path.join(no.pgdata, "PG_VERSION")):
             return False
         log(f"creating the PostgreSQL cluster in {no.pgdata}")
@@ -179,14 +191,17 @@ class Stack:
         needs to read the project directory. The topology adds only where the
         node listens and, on a Citus node, the extension."""
         with open(os.path.join(RAIZ, "stack", "postgresql.conf")) as f:
-            texto = f.read()
-        texto += f"unix_socket_directories = '{no.pgrun}'\n"
-        if no.tcp:
-            texto += f"listen_addresses = '127.0.0.1'\nport = {no.porta}\nshared_preload_libraries = 'citus'\n"
+            base = texto = f.read()
         extra = os.environ.get("CREBITO_PG_CONF")
         if extra:
             with open(extra) as f:
                 texto += f.read()
+        if self.ha:
+            self.configurar_patroni(no, texto, base)
+            return
+        texto += f"unix_socket_directories = '{no.pgrun}'\n"
+        if no.tcp:
+            texto += f"listen_addresses = '127.0.0.1'\nport = {no.porta}\nshared_preload_libraries = 'citus'\n"
         self._escrever_no_cluster(no, "crebito.conf", texto)
         hba = "# Written by stack/launcher.py: the unix socket by OS user"
         if no.tcp:
@@ -197,6 +212,27 @@ class Stack:
         self._escrever_no_cluster(no, "pg_hba.conf", hba + "local all all peer map=crebito\n")
         self._escrever_no_cluster(no, "pg_ident.conf", self.mapa_de_usuarios())
 
+    def configurar_patroni(self, no, texto, base):
+        """HA: the settings beside the cluster (Patroni wants an empty data
+        directory to make or clone it), and Patroni's configuration."""
+        pasta = os.path.dirname(no.pgdata)
+        conf = os.path.join(pasta, "crebito.conf")
+        self._escrever(conf, texto)
+        self._escrever(backup.arquivo_conf(no), backup.conf(self.var, no))
+        cfg = patroni.config(
+            no,
+            topologia.etcd(self.var)[0],
+            segredos.ler(self.var),
+            self.bin,
+            conf,
+            base,
+            self.mapa_de_usuarios().splitlines(),
+            backup.comando_de_arquivo(no),
+        )
+        caminho = os.path.join(pasta, "patroni.yml")
+        patroni.escrever(caminho, cfg)
+        self._escrever(caminho, None)
+
     def mapa_de_usuarios(self):
         """pg_ident.conf: which OS user may connect as which role. The API's
         user only as crebito_api; whoever started the stack as anything."""
@@ -206,9 +242,14 @@ class Stack:
         return "".join(f"crebito {so} {papel}\n" for so, papel in dict.fromkeys(pares))
 
     def _escrever_no_cluster(self, no, nome, texto):
-        destino = os.path.join(no.pgdata, nome)
-        with open(destino, "w") as f:
-            f.write(texto)
+        self._escrever(os.path.join(no.pgdata, nome), texto)
+
+    def _escrever(self, destino, texto):
+        """Writes texto (None: leaves the file as it is) and gives it to the
+        database's OS user."""
+        if texto is not None:
+            with open(destino, "w") as f:
+                f.write(texto)
         if self.usuario is not None:
             info = pwd.getpwnam(self.usuario)
             os.chown(destino, info.pw_uid, info.pw_gid)
@@ -238,9 +279,8 @@ class Stack:
             f"create role crebito_api login password '{senhas['crebito_api']}';\n",
         )
 
-    def carregar_schema(self):
+    def carregar_schema(self, no):
         log("loading db/schema.sql")
-        no = topologia.coordenador(self.nos)
         if self.citus:
             self.montar_cluster()
             self.psql(no, "-v", "citus=1", "-f", "db/schema.sql")
@@ -258,17 +298,33 @@ class Stack:
             )
             if pronto.returncode == 0:
                 return
-            if self.processos[no.nome][0].poll() is not None:
+            if self.supervisor.proc(no.nome).poll() is not None:
                 break
             time.sleep(0.05)
         raise RuntimeError(f"PostgreSQL ({no.nome}) did not start")
+
+    def primario(self, limite=60):
+        """HA: the node Patroni runs as the primary (its REST API answers 200
+        on /primary), once there is one."""
+        fim = time.monotonic() + limite
+        while time.monotonic() < fim:
+            no = patroni.primario(self.nos)
+            if no is not None:
+                return no
+            time.sleep(0.2)
+        raise RuntimeError(f"no primary within {limite}s")
 
     def conninfo_api(self, nome):
         """api01 -> worker 1, api02 -> worker 2 (the one worker when there is
         one), then the other workers: any worker takes any client's call and
         hands it to the client's node, so while one worker is down the
         instance reconnects to another and only that worker's clients fail.
+        HA: both nodes' sockets, and libpq keeps the one that takes writes.
         Single-node: the cluster's socket."""
+        if self.ha:
+            hosts = ",".join(no.pgrun for no in self.nos)
+            portas = ",".join(str(no.porta) for no in self.nos)
+            return f"host={hosts} port={portas} dbname=crebito user=crebito_api target_session_attrs=read-write"
         if not self.citus:
             no = self.nos[0]
             return f"host={no.pgrun} port={no.porta} dbname=crebito user=crebito_api"
@@ -280,29 +336,71 @@ class Stack:
 
     # -- processes ----------------------------------------------------------
 
-    def _comando(self, nome):
-        no = next((n for n in self.nos if n.nome == nome), None)
-        if no is not None:
-            env = None
-            if self.citus:
-                # Citus's connections to the other nodes find their passwords
-                # here, and libpq its client files in the server user's home.
-                env = dict(os.environ, PGPASSFILE=segredos.arquivo_nos(self.var))
-                if self.usuario is not None:
-                    env["HOME"] = pwd.getpwnam(self.usuario).pw_dir
-            return [f"{self.bin}/postgres", "-D", no.pgdata], self._como_postgres(), env
-        if nome in ("api01", "api02"):
+    def processos(self):
+        """Every process of this topology, in the order they start."""
+        lista = []
+        if self.ha:
+            cliente, pares = topologia.etcd(self.var)
+            lista.append(
+                Processo(
+                    "etcd",
+                    patroni.comando_etcd(self.var, cliente, pares),
+                    como=self._como_postgres(),
+                    ordem_de_parada=9,
+                )
+            )
+        lista += [self._processo_do_no(i, no) for i, no in enumerate(self.nos)]
+        for nome in ("api01", "api02"):
             env = dict(
                 os.environ,
                 CREBITO_LISTEN=f"unix:{self.sock}/{nome}-{{worker}}.sock",
                 CREBITO_WORKERS=self.workers,
                 DATABASE_URL=f"{self.conninfo_api(nome)} application_name=crebito connect_timeout=2",
             )
-            return [sys.executable, os.path.join(RAIZ, "server.py")], {}, self._como(env, self.usuario_api)
+            if self.ha:
+                # A primary that hangs (a frozen machine) keeps its sockets
+                # open: no call may wait for it longer than this.
+                env["CREBITO_PRAZO_BANCO"] = "3"
+            lista.append(
+                Processo(
+                    nome,
+                    [sys.executable, os.path.join(RAIZ, "server.py")],
+                    self._como(env, self.usuario_api),
+                    ordem_de_parada=1,
+                )
+            )
         # One server per worker in HAProxy, so a request only goes to a free one.
         env = dict(os.environ, CREBITO_BIND=f"*:{self.porta}")
         env.update({f"CREBITO_{nome.upper()}": caminho for nome, caminho in self._sockets()})
-        return ["haproxy", "-db", "-f", os.path.join(RAIZ, "haproxy.cfg")], {}, self._como(env, self.usuario_haproxy)
+        haproxy = ["haproxy", "-db", "-f", os.path.join(RAIZ, "haproxy.cfg")]
+        lista.append(Processo("haproxy", haproxy, self._como(env, self.usuario_haproxy)))
+        return lista
+
+    def _processo_do_no(self, i, no):
+        """A database node: postgres itself, or (HA) Patroni, which runs it.
+        Stopped after the front, Citus's workers before their coordinator
+        (which would otherwise keep reconnecting to them)."""
+        ordem = 2 + len(self.nos) - i
+        if self.ha:
+            cfg = os.path.join(os.path.dirname(no.pgdata), "patroni.yml")
+            return Processo(
+                no.nome, ["patroni", cfg], como=self._como_postgres(), ordem_de_parada=ordem, espera_de_parada=40
+            )
+        env = None
+        if self.citus:
+            # Citus's connections to the other nodes find their passwords
+            # here, and libpq its client files in the server user's home.
+            env = dict(os.environ, PGPASSFILE=segredos.arquivo_nos(self.var))
+            if self.usuario is not None:
+                env["HOME"] = pwd.getpwnam(self.usuario).pw_dir
+        return Processo(
+            no.nome,
+            [f"{self.bin}/postgres", "-D", no.pgdata],
+            env,
+            self._como_postgres(),
+            sinal_de_parada=signal.SIGINT,
+            ordem_de_parada=ordem,
+        )
 
     @staticmethod
     def _como(env, usuario):
@@ -313,44 +411,6 @@ class Stack:
         if usuario is not None:
             env["CREBITO_USUARIO"] = usuario
         return env
-
-    def iniciar(self, nome):
-        cmd, extra, env = self._comando(nome)
-        # Own session: Ctrl-C reaches only the launcher, which stops the rest in order.
-        proc = subprocess.Popen(cmd, env=env, start_new_session=True, cwd="/", **extra)
-        self.processos[nome] = (proc, time.monotonic())
-        with open(os.path.join(self.var, f"{nome}.pid"), "w") as f:
-            f.write(f"{proc.pid}\n")
-
-    def supervisionar(self):
-        while not self.parando:
-            time.sleep(0.1)
-            for nome, (proc, inicio) in list(self.processos.items()):
-                if self.parando or proc.poll() is None:
-                    continue
-                log(f"{nome} exited with {proc.returncode}; restarting")
-                if time.monotonic() - inicio < 1:
-                    time.sleep(0.5)  # a process that dies at once must not spin
-                self.iniciar(nome)
-
-    def parar(self):
-        self.parando = True
-        log("stopping")
-        # Front to back: no new requests, then the workers, then the database.
-        ordem = [("haproxy", signal.SIGTERM), ("api01", signal.SIGTERM), ("api02", signal.SIGTERM)]
-        # Workers before the coordinator, which would otherwise keep reconnecting to them.
-        ordem += [(no.nome, signal.SIGINT) for no in reversed(self.nos)]
-        for nome, sinal in ordem:
-            if nome not in self.processos:
-                continue
-            proc = self.processos[nome][0]
-            if proc.poll() is None:
-                proc.send_signal(sinal)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
     def _sockets(self):
         """(api01_1, path), ...: each worker's own socket."""
@@ -382,32 +442,72 @@ class Stack:
         t0 = time.monotonic()
         if self.citus:
             self.verificar_citus()
+        if (self.citus or self.ha) and not os.path.exists(segredos.arquivo_nos(self.var)):
+            segredos.gerar(self.var, self.usuario, self.usuario_api)
         novo = False
         for no in self.nos:
             novo = self.preparar_cluster(no) or novo
             self.configurar(no)
-        if self.citus and not os.path.exists(segredos.arquivo_nos(self.var)):
-            segredos.gerar(self.var, self.usuario, self.usuario_api)
-        for no in self.nos:
-            self.iniciar(no.nome)
-        for no in self.nos:
+        if self.ha:
+            backup.preparar(self.var, self.usuario)
+        todos = {p.nome: p for p in self.processos()}
+        bancos = [p for p in todos.values() if p.nome not in ("api01", "api02", "haproxy")]
+        for p in bancos:
+            self.supervisor.iniciar(p)
+        if self.ha:
+            no = self.primario()
             self.esperar_postgres(no)
+            novo = not self.tem_banco(no)
+        else:
+            no = topologia.coordenador(self.nos)
+            for n in self.nos:
+                self.esperar_postgres(n)
         if novo:
-            self.carregar_schema()
+            self.carregar_schema(no)
+        if self.ha:
+            # The repository's stanza for this cluster (again on every start:
+            # a no-op once made), so the primary's WAL can be archived.
+            backup.pgbackrest(no, "stanza-create", usuario=self.usuario, check=True, stdout=subprocess.DEVNULL)
         for nome in ("api01", "api02"):
-            self.iniciar(nome)
+            self.supervisor.iniciar(todos[nome])
         # HAProxy last, once both instances accept connections (a stale socket
         # file from an earlier run refuses them), so it never starts with an
         # instance marked down.
         fim = time.monotonic() + 5
         while not all(self._aceita(caminho) for _, caminho in self._sockets()) and time.monotonic() < fim:
             time.sleep(0.01)
-        self.iniciar("haproxy")
+        self.supervisor.iniciar(todos["haproxy"])
         if esperar_200(self.porta):
             log(f"ready on http://127.0.0.1:{self.porta} in {time.monotonic() - t0:.2f}s (Ctrl-C stops)")
         else:
             log("the API did not answer within 30s; still trying")
-        self.supervisionar()
+        self.supervisor.supervisionar()
+
+    def tem_banco(self, no):
+        r = subprocess.run(
+            [
+                f"{self.bin}/psql",
+                "-X",
+                "-A",
+                "-t",
+                "-h",
+                no.pgrun,
+                "-p",
+                str(no.porta),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+            ]
+            + ["-c", "select 1 from pg_database where datname = 'crebito'"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return r.stdout.strip() == "1"
+
+    def parar(self):
+        self.supervisor.parar()
 
 
 def var_padrao():
@@ -459,25 +559,29 @@ def escolher_topologia(var):
     """The nodes for this start: those recorded in `var`, which must be the
     ones asked for (CREBITO_CITUS_WORKERS, default 0), or new ones."""
     pedidos = int(os.environ.get("CREBITO_CITUS_WORKERS") or 0)
+    ha = os.environ.get("CREBITO_HA") == "1"
     nos = topologia.ler(var)
     if nos is None and os.path.exists(os.path.join(var, "pgdata", "PG_VERSION")):
         nos = topologia.nos(var, 0, [])
     if nos is None:
         base = os.environ.get("CREBITO_CITUS_PORT")
-        return topologia.definir(var, pedidos, int(base) if base else None)
+        return topologia.definir(var, pedidos, int(base) if base else None, ha=ha)
     existentes = len(topologia.workers(nos))
-    if existentes != pedidos:
-        tem = f"a Citus stack with {existentes} workers" if existentes else "a single-node stack"
-        sys.exit(
-            f"crebito: {var} holds {tem}; start it with CREBITO_CITUS_WORKERS={existentes} or remove it with --reset"
-        )
+    if topologia.ha(nos) != ha or existentes != pedidos:
+        if topologia.ha(nos):
+            tem, como = "an HA stack", "CREBITO_HA=1"
+        elif existentes:
+            tem, como = f"a Citus stack with {existentes} workers", f"CREBITO_CITUS_WORKERS={existentes}"
+        else:
+            tem, como = "a single-node stack", "neither CREBITO_HA nor CREBITO_CITUS_WORKERS"
+        sys.exit(f"crebito: {var} holds {tem}; start it with {como} or remove it with --reset")
     return nos
 
 
 def apagar(var):
     """--reset: every node's data, the topology and the passwords."""
     log(f"reset: removing the databases in {var}")
-    for nome in ["pgdata", "segredos", *(n.nome for n in topologia.ler(var) or [])]:
+    for nome in ["pgdata", "segredos", "etcd", *(n.nome for n in topologia.ler(var) or [])]:
         shutil.rmtree(os.path.join(var, nome), ignore_errors=True)
     with contextlib.suppress(FileNotFoundError):
         os.remove(os.path.join(var, "topologia.json"))

@@ -1,4 +1,5 @@
-"""Passwords of the distributed topology's roles, for connections over TCP.
+"""Passwords of the distributed and HA topologies' roles, for connections
+over TCP (replicador: HA's replication; patroni: Patroni's REST API).
 
 Generated at the first start, kept under the data directory in libpq password
 files readable only by their owner (0600): one for the database nodes, which
@@ -10,7 +11,7 @@ import os
 import pwd
 import secrets
 
-PAPEIS = ("postgres", "crebito", "crebito_api")
+PAPEIS = ("postgres", "crebito", "crebito_api", "replicador", "patroni")
 
 
 def pasta(var):

@@ -2,9 +2,14 @@
 
 Single-node: one cluster, `postgres`, reached only through its unix socket.
 Distributed (Citus): a coordinator and N workers, each its own cluster under
-the data directory, listening on 127.0.0.1. The choice is made when the data
-directory is created and recorded in it (topologia.json), so a restart, `make
-auditoria` and the tests find the same nodes on the same ports.
+the data directory, listening on 127.0.0.1.
+High availability (HA): two clusters, `pg1` and `pg2`, each run by Patroni,
+one the primary and the other its synchronous standby, replicating over
+127.0.0.1; Patroni's REST API on a port of each node's own, and one etcd
+member holding who is the primary.
+The choice is made when the data directory is created and recorded in it
+(topologia.json), so a restart, `make auditoria` and the tests find the same
+nodes on the same ports.
 """
 
 import json
@@ -17,11 +22,12 @@ PORTA_SOCKET = 5432  # single-node: only names the unix socket
 
 @dataclass(frozen=True)
 class No:
-    nome: str  # process name, pid file and folder: postgres, coordenador, worker1, ...
-    papel: str  # unico, coordenador or worker
+    nome: str  # process name, pid file and folder: postgres, coordenador, worker1, pg1, ...
+    papel: str  # unico, coordenador, worker or patroni
     pgdata: str
     pgrun: str  # unix socket directory
-    porta: int  # TCP port on 127.0.0.1 (distributed) or the socket's name (single-node)
+    porta: int  # TCP port on 127.0.0.1 (distributed, HA) or the socket's name (single-node)
+    porta_rest: int = 0  # HA: Patroni's REST API on 127.0.0.1
 
     @property
     def tcp(self):
@@ -36,6 +42,15 @@ def _porta_livre():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def nos_ha(var, portas):
+    """The two Patroni nodes: portas holds each one's PostgreSQL port, then
+    each one's REST port."""
+    return [
+        No(nome, "patroni", os.path.join(var, nome, "pgdata"), os.path.join(var, nome, "pgrun"), pg, rest)
+        for nome, pg, rest in zip(("pg1", "pg2"), portas[:2], portas[2:4], strict=True)
+    ]
 
 
 def nos(var, workers, portas):
@@ -66,21 +81,42 @@ def ler(var):
     return [No(**n) for n in dados["nos"]]
 
 
-def definir(var, workers, base=None):
-    """Records a new topology: ports from `base` on, or free ones."""
+def etcd(var):
+    """HA: etcd's (client, peer) ports on 127.0.0.1."""
+    with open(_arquivo(var)) as f:
+        return tuple(json.load(f)["etcd"])
+
+
+def _portas(quantas, base):
     portas = []
-    while workers and len(portas) < workers + 1:
+    while len(portas) < quantas:
         porta = base + len(portas) if base else _porta_livre()
         if porta not in portas:
             portas.append(porta)
-    lista = nos(var, workers, portas)
+    return portas
+
+
+def definir(var, workers, base=None, ha=False):
+    """Records a new topology: ports from `base` on, or free ones."""
+    extra = {}
+    if ha:
+        portas = _portas(6, base)
+        lista = nos_ha(var, portas[:4])
+        extra["etcd"] = portas[4:]
+    else:
+        lista = nos(var, workers, _portas(workers + 1 if workers else 0, base))
     with open(_arquivo(var), "w") as f:
-        json.dump({"nos": [asdict(n) for n in lista]}, f, indent=1)
+        json.dump({"nos": [asdict(n) for n in lista], **extra}, f, indent=1)
     return lista
 
 
+def ha(lista):
+    return lista[0].papel == "patroni"
+
+
 def coordenador(lista):
-    """The node that takes DDL and the audit: the coordinator, or the only node."""
+    """The node that takes DDL and the audit: the coordinator, or the only node
+    (HA: the first node, which may be the standby; see the launcher's primario)."""
     return lista[0]
 
 

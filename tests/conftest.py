@@ -78,11 +78,20 @@ class Stack:
             return json.load(f)["nos"]
 
     @property
+    def ha(self):
+        return self.nos[0]["papel"] == "patroni"
+
+    @property
     def citus(self):
-        return len(self.nos) > 1
+        return len(self.nos) > 1 and not self.ha
 
     def dsn(self, user="postgres", no=None):
-        """Through the unix socket of a node (default: the coordinator, or the only node)."""
+        """Through the unix socket of a node (default: the coordinator, the
+        only node, or (HA) whichever is the primary)."""
+        if self.ha and no is None:
+            hosts = ",".join(n["pgrun"] for n in self.nos)
+            portas = ",".join(str(n["porta"]) for n in self.nos)
+            return f"host={hosts} port={portas} dbname=crebito user={user} target_session_attrs=read-write"
         n = next(n for n in self.nos if n["nome"] == no) if no else self.nos[0]
         dsn = f"host={n['pgrun']} port={n['porta']} dbname=crebito user={user}"
         if self.citus:
@@ -142,9 +151,9 @@ class Stack:
 
 
 @contextlib.contextmanager
-def stack_temporaria(workers, prefixo="crebito-test-", citus_workers=0):
+def stack_temporaria(workers, prefixo="crebito-test-", citus_workers=0, ha=False):
     """A native stack started by the launcher in a new temporary directory on a
-    free port (with `citus_workers` Citus workers, or single-node); stopped and
+    free port (with `citus_workers` Citus workers, HA, or single-node); stopped and
     removed afterwards (kept when CREBITO_MANTER=1, for a post-mortem of its
     stack.log)."""
     var = tempfile.mkdtemp(prefix=prefixo)
@@ -155,6 +164,7 @@ def stack_temporaria(workers, prefixo="crebito-test-", citus_workers=0):
         CREBITO_PORT=str(porta_livre()),
         CREBITO_WORKERS=str(workers),
         CREBITO_CITUS_WORKERS=str(citus_workers),
+        CREBITO_HA="1" if ha else "",
     )
     log = open(os.path.join(var, "stack.log"), "w")
     launcher = subprocess.Popen(
@@ -176,7 +186,7 @@ def stack_temporaria(workers, prefixo="crebito-test-", citus_workers=0):
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "citus: run the module's tests on the single-node and the Citus stack")
+    config.addinivalue_line("markers", "citus: run the module's tests on the single-node, the Citus and the HA stack")
     config.addinivalue_line("markers", "unico: in a `citus` module, run this test on the single-node stack only")
 
 
@@ -185,7 +195,7 @@ def pytest_generate_tests(metafunc):
         return
     if metafunc.definition.get_closest_marker("unico"):
         return
-    metafunc.parametrize("topologia", ["unico", "citus"], indirect=True, scope="session")
+    metafunc.parametrize("topologia", ["unico", "citus", "ha"], indirect=True, scope="session")
 
 
 @pytest.fixture(scope="session")
@@ -195,7 +205,7 @@ def topologia(request):
 
 @pytest.fixture(scope="session")
 def stack(topologia):
-    with stack_temporaria(workers=2, citus_workers=2 if topologia == "citus" else 0) as s:
+    with stack_temporaria(workers=2, citus_workers=2 if topologia == "citus" else 0, ha=topologia == "ha") as s:
         yield s
 
 

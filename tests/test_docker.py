@@ -531,13 +531,10 @@ def test_bench_le_os_cgrupos_dos_conteineres(pilha_docker):
 # -- kill -9 under load, and down ----------------------------------------------------------
 
 
-def esperar_reinicio(projeto, servico, pid_antigo, saudavel=False):
+def esperar_reinicio(projeto, servico, pid_antigo):
     def voltou():
-        info = projeto.inspecionar(servico)
-        pid = info["State"]["Pid"]
-        if not pid or pid == pid_antigo:
-            return False
-        return not saudavel or info["State"].get("Health", {}).get("Status") == "healthy"
+        pid = projeto.inspecionar(servico)["State"]["Pid"]
+        return pid and pid != pid_antigo
 
     return esperar(voltou, 60, passo=0.2)
 
@@ -555,7 +552,7 @@ def test_kill9_da_api01_e_do_db_sob_carga_idempotente(http, capsys):
             pid = projeto.pid(servico)
             os.kill(pid, signal.SIGKILL)
             t0 = time.monotonic()
-            assert esperar_reinicio(projeto, servico, pid, saudavel=servico == "db"), f"{servico} did not come back"
+            assert esperar_reinicio(projeto, servico, pid), f"{servico} did not come back"
             ate_volta = time.monotonic() - t0
             ate_200 = primeiro_200(http, t0, limite=60)
             assert ate_200 is not None, f"no 200 within 60s of killing {servico}"

@@ -66,11 +66,12 @@ class ClienteDoBanco(threading.Thread):
     a new connection, and retries an unanswered one with the same key until it
     gets 200 or 422."""
 
-    def __init__(self, numero, pilha, parar):
+    def __init__(self, numero, pilha, parar, clientes=(1, 2, 3, 4, 5)):
         super().__init__(name=f"cliente-{numero}", daemon=True)
         self.numero = numero
         self.pilha = pilha
         self.parar = parar
+        self.clientes = clientes
         self.rng = random.Random(numero)
         self.status = Counter()  # every answer seen, None for a connection error
         self.timeouts = 0
@@ -106,9 +107,11 @@ class ClienteDoBanco(threading.Thread):
         while not self.parar.is_set():
             n += 1
             chave = f"c{self.numero}-{n}"
-            cliente = self.rng.randint(1, 5)
+            cliente = self.rng.choice(self.clientes)
+            # Unique among the threads, so a reader can tell each one apart.
+            descricao = f"{self.numero}.{n}"[:10]
             corpo = json.dumps(
-                {"valor": self.rng.randint(1, 10000), "tipo": self.rng.choice("cd"), "descricao": f"f{n}"[:10]}
+                {"valor": self.rng.randint(1, 10000), "tipo": self.rng.choice("cd"), "descricao": descricao}
             )
             inicio = time.monotonic()
             while True:
