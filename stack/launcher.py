@@ -58,6 +58,8 @@ CITUS_AUSENTE = (
     " otherwise, as root: CREBITO_CITUS_TARBALL=/path/citus-13.2.2-pg{versao}-amd64.tar.gz bash stack/install.sh"
 )
 PG_PORTA = str(topologia.PORTA_SOCKET)  # single-node: only names the unix socket
+# The processes in front of the database: started once it answers.
+FRENTE = ("api01", "api02", "haproxy")
 # The OS users a root launcher runs the API instances and HAProxy as; stack/install.sh creates the first.
 USUARIO_API = "crebito-api"
 USUARIO_HAPROXY = "haproxy"
@@ -155,8 +157,8 @@ class Stack:
         self._dono(no.pgrun, self.usuario, self.usuario_api, 0o750)
         self._dono(self.sock, self.usuario_api, self.usuario_haproxy, 0o750)
         if self.ha:
-            # Patroni makes (or clones) the cluster; the launcher loads the
-            # schema once a primary answers (carregar_schema_se_falta).
+            # Patroni makes (or clones) the cluster; rodar() loads the schema
+            # once a primary answers, if it has no crebito database yet.
             return False
         if os.path.exists(os.path.join(no.pgdata, "PG_VERSION")):
             return False
@@ -231,7 +233,7 @@ class Stack:
         )
         caminho = os.path.join(pasta, "patroni.yml")
         patroni.escrever(caminho, cfg)
-        self._escrever(caminho, None)
+        self._entregar(caminho)
 
     def mapa_de_usuarios(self):
         """pg_ident.conf: which OS user may connect as which role. The API's
@@ -245,18 +247,20 @@ class Stack:
         self._escrever(os.path.join(no.pgdata, nome), texto)
 
     def _escrever(self, destino, texto):
-        """Writes texto (None: leaves the file as it is) and gives it to the
-        database's OS user."""
-        if texto is not None:
-            with open(destino, "w") as f:
-                f.write(texto)
+        with open(destino, "w") as f:
+            f.write(texto)
+        self._entregar(destino)
+
+    def _entregar(self, destino):
+        """Gives the file to the database's OS user."""
         if self.usuario is not None:
             info = pwd.getpwnam(self.usuario)
             os.chown(destino, info.pw_uid, info.pw_gid)
 
-    def psql(self, no, *args, banco="crebito", entrada=None):
+    def psql(self, no, *args, banco="crebito", entrada=None, saida=None):
         cmd = [f"{self.bin}/psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", no.pgrun, "-p", str(no.porta)]
-        subprocess.run([*cmd, "-U", "postgres", "-d", banco, *args], check=True, cwd=RAIZ, input=entrada, text=True)
+        cmd += ["-U", "postgres", "-d", banco, *args]
+        return subprocess.run(cmd, check=True, cwd=RAIZ, input=entrada, stdout=saida, text=True)
 
     def montar_cluster(self):
         """Citus: the extension on every node, passwords for the roles that
@@ -451,9 +455,9 @@ class Stack:
         if self.ha:
             backup.preparar(self.var, self.usuario)
         todos = {p.nome: p for p in self.processos()}
-        bancos = [p for p in todos.values() if p.nome not in ("api01", "api02", "haproxy")]
-        for p in bancos:
-            self.supervisor.iniciar(p)
+        for p in todos.values():
+            if p.nome not in FRENTE:
+                self.supervisor.iniciar(p)
         if self.ha:
             no = self.primario()
             self.esperar_postgres(no)
@@ -484,26 +488,8 @@ class Stack:
         self.supervisor.supervisionar()
 
     def tem_banco(self, no):
-        r = subprocess.run(
-            [
-                f"{self.bin}/psql",
-                "-X",
-                "-A",
-                "-t",
-                "-h",
-                no.pgrun,
-                "-p",
-                str(no.porta),
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-            ]
-            + ["-c", "select 1 from pg_database where datname = 'crebito'"],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
+        consulta = "select 1 from pg_database where datname = 'crebito'"
+        r = self.psql(no, "-A", "-t", "-c", consulta, banco="postgres", saida=subprocess.PIPE)
         return r.stdout.strip() == "1"
 
     def parar(self):
