@@ -1,8 +1,8 @@
 """The high-availability topology (`make ha`), run for real: etcd, two
 PostgreSQL nodes run by Patroni, the API and HAProxy. Every answer waits for
-both nodes' disks; under keyed write load the primary is lost three ways (a
-frozen machine, kill -9, kill -9 and its data directory deleted), each time
-in the other direction: the standby is promoted, every acknowledged write is
+both nodes' disks; under keyed write load (one hot client, then all five) the
+primary is lost three ways (a frozen machine, kill -9, kill -9 and its data
+directory deleted), each time in the other direction: the standby is promoted, every acknowledged write is
 in the ledger exactly once, nothing an extrato showed is missing, the audit
 is empty, and the lost node comes back as the synchronous standby."""
 
@@ -148,7 +148,9 @@ def perder_o_primario(pilha, pytestconfig, clientes, perder, devolver, como):
         time.sleep(2)
         t0 = time.monotonic()
         perder(antigo)
-        assert esperar(lambda: primario(pilha) == standby, PROMOCAO_MAXIMA, passo=0.1), estados(pilha)
+        # Asked of the standby alone: a frozen node's REST API answers nothing
+        # until its timeout, which would add to the figure.
+        assert esperar(lambda: rest(pilha, standby, "/primary")[0] == 200, PROMOCAO_MAXIMA, passo=0.1), estados(pilha)
         promovido = time.monotonic() - t0
 
         def escrita_depois():
@@ -278,19 +280,6 @@ def test_nenhuma_resposta_antes_do_disco_do_standby(pilha):
 # -- losing the primary, under load ---------------------------------------------------------
 
 
-def test_primario_congelado_um_cliente_quente(pilha, pytestconfig):
-    congelados = {}
-
-    def congelar(nome):
-        congelados[nome] = processos_do_no(pilha, nome)
-        sinalizar(congelados[nome], signal.SIGSTOP)
-
-    def descongelar(nome):
-        sinalizar(congelados[nome], signal.SIGCONT)
-
-    perder_o_primario(pilha, pytestconfig, (1,), congelar, descongelar, "SIGSTOP")
-
-
 def fora(pilha, nome):
     return os.path.join(pilha.var, f"{nome}.fora")
 
@@ -304,20 +293,45 @@ def matar(pilha, nome, apagar=False):
         shutil.rmtree(no_de(pilha, nome)["pgdata"])
 
 
-def test_kill9_do_primario_cinco_clientes(pilha, pytestconfig):
-    perder_o_primario(
-        pilha, pytestconfig, (1, 2, 3, 4, 5), lambda n: matar(pilha, n), lambda n: os.remove(fora(pilha, n)), "kill -9"
-    )
+# Keyed write load on one hot client, and spread over all five.
+CARGAS = {"um cliente quente": (1,), "cinco clientes": (1, 2, 3, 4, 5)}
 
 
-def test_disco_do_primario_perdido(pilha, pytestconfig):
+@pytest.mark.parametrize("carga", CARGAS)
+def test_primario_congelado(pilha, pytestconfig, carga):
+    congelados = {}
+
+    def congelar(nome):
+        congelados[nome] = processos_do_no(pilha, nome)
+        sinalizar(congelados[nome], signal.SIGSTOP)
+
+    def descongelar(nome):
+        sinalizar(congelados[nome], signal.SIGCONT)
+
+    perder_o_primario(pilha, pytestconfig, CARGAS[carga], congelar, descongelar, f"SIGSTOP ({carga})")
+
+
+@pytest.mark.parametrize("carga", CARGAS)
+def test_kill9_do_primario(pilha, pytestconfig, carga):
     perder_o_primario(
         pilha,
         pytestconfig,
-        (1, 2, 3, 4, 5),
+        CARGAS[carga],
+        lambda n: matar(pilha, n),
+        lambda n: os.remove(fora(pilha, n)),
+        f"kill -9 ({carga})",
+    )
+
+
+@pytest.mark.parametrize("carga", CARGAS)
+def test_disco_do_primario_perdido(pilha, pytestconfig, carga):
+    perder_o_primario(
+        pilha,
+        pytestconfig,
+        CARGAS[carga],
         lambda n: matar(pilha, n, apagar=True),
         lambda n: os.remove(fora(pilha, n)),
-        "kill -9 and its data directory deleted",
+        f"kill -9 and its data directory deleted ({carga})",
     )
 
 
