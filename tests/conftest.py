@@ -38,6 +38,13 @@ def esperar(condicao, limite=10, passo=0.02):
     return condicao()
 
 
+def relatar(config, msg):
+    """Figures worth seeing in every run (not asserted: the machine is shared)."""
+    captura = config.pluginmanager.get_plugin("capturemanager")
+    with captura.global_and_fixture_disabled():
+        print(f"\n{msg}", flush=True)
+
+
 def sessoes_da_api(db, onde=""):
     """The API workers' sessions (pid, state, query), narrowed by `onde`."""
     return db.execute(

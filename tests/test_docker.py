@@ -29,7 +29,7 @@ import pytest
 import test_fases_oficiais
 import test_http_contrato
 import yaml
-from conftest import LIMITES, RAIZ, Stack, porta_livre, sql_de_zerar
+from conftest import LIMITES, RAIZ, Stack, porta_livre, relatar, sql_de_zerar
 from test_falhas import SEM_RESPOSTA, ClienteDoBanco, esperar, primeiro_200
 
 sys.path.insert(0, os.path.join(RAIZ, "docker"))
@@ -63,13 +63,6 @@ class PilhaCompose(Stack):
         passfile = passfile or self.projeto.env["CREBITO_SENHA_API"]
         pasta = self.projeto.volume("pgrun")
         return f"host={pasta} dbname=crebito user={user} passfile={passfile} connect_timeout=5"
-
-
-def relatar(config, msg):
-    """Figures worth seeing in every run (not asserted: the machine is shared)."""
-    captura = config.pluginmanager.get_plugin("capturemanager")
-    with captura.global_and_fixture_disabled():
-        print(f"\ndocker: {msg}", flush=True)
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +110,7 @@ def projeto(engine, senha, pytestconfig):
     try:
         t0 = time.monotonic()
         p.construir(sempre=True)
-        relatar(pytestconfig, f"base image and three images built in {time.monotonic() - t0:.1f}s")
+        relatar(pytestconfig, f"docker: base image and three images built in {time.monotonic() - t0:.1f}s")
         yield p
     finally:
         p.descer()
@@ -133,7 +126,7 @@ def pilha_docker(projeto, pytestconfig):
     pilha = PilhaCompose(projeto)
     pilha.esperar_pronto()
     pilha.primeiro_200 = time.monotonic() - t0
-    relatar(pytestconfig, f"`up` to the first 200, the database initialised: {pilha.primeiro_200:.1f}s")
+    relatar(pytestconfig, f"docker: `up` to the first 200, the database initialised: {pilha.primeiro_200:.1f}s")
     yield pilha
     projeto.descer()
 
@@ -185,7 +178,7 @@ class MakeDocker:
     def comandos(self):
         """The command lines of make's descendants."""
         linhas = []
-        for pid in arvore_de_processos(self.p.pid)[1:]:
+        for pid in arvore(self.p.pid)[1:]:
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
                     linhas.append(f.read().replace(b"\0", b" ").decode(errors="replace"))
@@ -216,24 +209,6 @@ class MakeDocker:
         self.saida.seek(0)
         texto = self.saida.read().decode(errors="replace")
         return texto[-limite:] if limite else texto
-
-
-def arvore_de_processos(pid):
-    """pid and its descendants, from /proc/*/stat (those in sessions of their
-    own included)."""
-    filhos = {}
-    for nome in os.listdir("/proc"):
-        if nome.isdigit():
-            try:
-                with open(f"/proc/{nome}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except OSError:
-                continue
-            filhos.setdefault(ppid, []).append(int(nome))
-    pids = [pid]
-    for p in pids:
-        pids.extend(filhos.get(p, []))
-    return pids
 
 
 def montado_em(pasta):
@@ -291,7 +266,7 @@ def test_sigkill_deixa_um_motor_que_o_proximo_make_docker_reusa(raiz_necessaria,
         return "(Ctrl-C stops)" in segundo.log() and segundo.serve(0.5)
 
     assert esperar(serve, 600, passo=0.2), segundo.log()
-    relatar(pytestconfig, f"make docker after a SIGKILL: serving again in {time.monotonic() - t0:.1f}s")
+    relatar(pytestconfig, f"docker: make docker after a SIGKILL: serving again in {time.monotonic() - t0:.1f}s")
     assert motores == {motor_antigo}
     assert "reusing the private Docker engine" in segundo.log(limite=None)
     # SIGTERM to make alone (as `kill` or a service manager sends it): make
@@ -317,7 +292,7 @@ def test_imagens_da_mesma_base_debian(projeto, pytestconfig):
         imagem = inspecionar(projeto.imagem(nome))
         assert imagem["RootFS"]["Layers"][: len(base)] == base, nome
         tamanhos[nome] = imagem["Size"] / 1e6
-    relatar(pytestconfig, "image sizes (MB): " + ", ".join(f"{n} {mb:.0f}" for n, mb in tamanhos.items()))
+    relatar(pytestconfig, "docker: image sizes (MB): " + ", ".join(f"{n} {mb:.0f}" for n, mb in tamanhos.items()))
 
 
 def pacotes(projeto, imagem, nomes):
@@ -417,11 +392,15 @@ def test_limites_aplicados_pelo_engine_iguais_aos_do_compose(pilha_docker):
 
 
 def arvore(pid):
+    """pid and its descendants (those that exit meanwhile left out)."""
     pids = [pid]
     for p in pids:
-        for tarefa in os.listdir(f"/proc/{p}/task"):
-            with open(f"/proc/{p}/task/{tarefa}/children") as f:
-                pids.extend(int(c) for c in f.read().split())
+        try:
+            for tarefa in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{tarefa}/children") as f:
+                    pids.extend(int(c) for c in f.read().split())
+        except FileNotFoundError:
+            continue
     return pids
 
 

@@ -19,8 +19,8 @@ from http.client import HTTPConnection
 
 import psycopg
 import pytest
-from conftest import RAIZ, esperar, stack_temporaria, zerar
-from test_falhas import SEM_RESPOSTA, ClienteDoBanco
+from conftest import RAIZ, esperar, relatar, stack_temporaria, zerar
+from test_falhas import SEM_RESPOSTA, ClienteDoBanco, filhos
 
 sys.path.insert(0, os.path.join(RAIZ, "stack"))
 import launcher  # noqa: E402
@@ -32,12 +32,6 @@ pytestmark = pytest.mark.skipif(
 WORKERS = 2
 # The target is 10 s (stack/patroni.py: ttl 8 s); the machine is shared.
 PROMOCAO_MAXIMA = 30
-
-
-def relatar(config, msg):
-    captura = config.pluginmanager.get_plugin("capturemanager")
-    with captura.global_and_fixture_disabled():
-        print(f"\nha: {msg}", flush=True)
 
 
 @pytest.fixture(scope="module")
@@ -82,14 +76,6 @@ def no_de(pilha, nome):
 def conectar(pilha, nome):
     no = no_de(pilha, nome)
     return psycopg.connect(f"host={no['pgrun']} port={no['porta']} dbname=crebito user=postgres", autocommit=True)
-
-
-def filhos(pid):
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(p) for p in f.read().split()]
-    except OSError:
-        return []
 
 
 def processos_do_no(pilha, nome):
@@ -173,7 +159,7 @@ def perder_o_primario(pilha, pytestconfig, clientes, perder, devolver, como):
             t.join(timeout=60)
     relatar(
         pytestconfig,
-        f"{como} of {antigo}: {standby} promoted in {promovido:.1f}s, its first write acknowledged"
+        f"ha: {como} of {antigo}: {standby} promoted in {promovido:.1f}s, its first write acknowledged"
         f" {primeira_escrita:.1f}s after the loss; {antigo} the synchronous standby again {de_volta:.1f}s after it"
         " was back",
     )
@@ -312,26 +298,16 @@ def test_primario_congelado(pilha, pytestconfig, carga):
 
 
 @pytest.mark.parametrize("carga", CARGAS)
-def test_kill9_do_primario(pilha, pytestconfig, carga):
+@pytest.mark.parametrize("apagar", [False, True], ids=["kill9", "disco perdido"])
+def test_primario_morto(pilha, pytestconfig, carga, apagar):
+    como = "kill -9 and its data directory deleted" if apagar else "kill -9"
     perder_o_primario(
         pilha,
         pytestconfig,
         CARGAS[carga],
-        lambda n: matar(pilha, n),
+        lambda n: matar(pilha, n, apagar),
         lambda n: os.remove(fora(pilha, n)),
-        f"kill -9 ({carga})",
-    )
-
-
-@pytest.mark.parametrize("carga", CARGAS)
-def test_disco_do_primario_perdido(pilha, pytestconfig, carga):
-    perder_o_primario(
-        pilha,
-        pytestconfig,
-        CARGAS[carga],
-        lambda n: matar(pilha, n, apagar=True),
-        lambda n: os.remove(fora(pilha, n)),
-        f"kill -9 and its data directory deleted ({carga})",
+        f"{como} ({carga})",
     )
 
 
@@ -356,7 +332,7 @@ def test_standby_perdido_o_primario_segue_sozinho(pilha, pytestconfig):
     finally:
         os.remove(fora(pilha, standby))
     assert esperar(lambda: par(pilha) == (primario_, standby), 120, passo=0.2), estados(pilha)
-    relatar(pytestconfig, f"standby {standby} lost: writes acknowledged by {primario_} alone after {sozinho:.1f}s")
+    relatar(pytestconfig, f"ha: standby {standby} lost: writes acknowledged by {primario_} alone after {sozinho:.1f}s")
     saldo = pilha.extrato(1).json["saldo"]["total"]
     assert saldo >= 1
     with conectar(pilha, standby) as db:
