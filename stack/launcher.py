@@ -514,7 +514,12 @@ def auditar(var):
     running cluster's books, one per line; exits 1 if there is any, 2 if the
     database could not be asked."""
     nos = topologia.ler(var) or topologia.nos(var, 0, [])
-    no = topologia.coordenador(nos)
+    # HA: the primary, which holds every acknowledged write; a standby may
+    # still be replaying after a failover and refuse connections.
+    no = patroni.primario(nos) if topologia.ha(nos) else topologia.coordenador(nos)
+    if no is None:
+        log("the audit could not run: no primary answers")
+        sys.exit(2)
     consulta = "select cliente, violacao from api.auditoria() order by cliente, violacao"
     r = subprocess.run(
         [f"{pg_bin()}/psql", "-X", "-q", "-A", "-t", "-F", " | ", "-v", "ON_ERROR_STOP=1", "-h", no.pgrun]

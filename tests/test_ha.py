@@ -20,6 +20,7 @@ from http.client import HTTPConnection
 import psycopg
 import pytest
 from conftest import RAIZ, esperar, relatar, stack_temporaria, zerar
+from test_auditoria import make_auditoria
 from test_falhas import SEM_RESPOSTA, ClienteDoBanco, filhos
 
 sys.path.insert(0, os.path.join(RAIZ, "stack"))
@@ -144,7 +145,10 @@ def perder_o_primario(pilha, pytestconfig, clientes, perder, devolver, como):
 
         assert esperar(escrita_depois, PROMOCAO_MAXIMA, passo=0.1), "no write acknowledged on the new primary"
         primeira_escrita = escrita_depois() - t0
-        time.sleep(2)
+        # `make auditoria` asks the new primary, whichever node the old one was.
+        auditoria = make_auditoria(pilha)
+        assert (auditoria.returncode, auditoria.stdout) == (0, ""), auditoria.stderr
+        time.sleep(1)
         devolver(antigo)
         devolvido = True
         t1 = time.monotonic()
