@@ -146,8 +146,9 @@ def porta_livre():
 class Pilha:
     """A native stack in a fresh data directory, started by stack/launcher.py."""
 
-    def __init__(self, porta=None, pg_conf=None, workers=None, citus_workers=0, arvore=None):
+    def __init__(self, porta=None, pg_conf=None, workers=None, citus_workers=0, arvore=None, ha=False):
         self.citus_workers = citus_workers
+        self.ha = ha
         # The tree whose launcher, server and schema run: this one, or another
         # checkout (a baseline commit's worktree) measured by this tree's tools.
         self.arvore = os.path.abspath(arvore or RAIZ)
@@ -176,6 +177,7 @@ class Pilha:
         if self.workers:
             env["CREBITO_WORKERS"] = str(self.workers)
         env["CREBITO_CITUS_WORKERS"] = str(self.citus_workers)
+        env["CREBITO_HA"] = "1" if self.ha else "0"
         self.log = open(os.path.join(self.var, "stack.log"), "w")
         # A SIGTERM to the tool (kill, a timeout) unwinds like Ctrl-C, so the
         # code that stops this stack and removes its cgroups still runs.

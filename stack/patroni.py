@@ -24,8 +24,11 @@ ESCOPO = "crebito"
 # holder renews it (every `loop_wait`); a standby promotes itself once it has
 # expired. Patroni wants ttl >= loop_wait + 2 * retry_timeout; shorter, a
 # leader slowed down by a busy machine loses its key to no failure at all.
+# A frozen primary costs 2 s more than a dead one: the standby asks its REST
+# API before taking the key, and Patroni waits 2 s for the answer. So 7 s:
+# the least the rule allows, to keep a frozen primary's failover under 10 s.
 DCS = {
-    "ttl": 8,
+    "ttl": 7,
     "loop_wait": 1,
     "retry_timeout": 3,
     "maximum_lag_on_failover": 0,

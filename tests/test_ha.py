@@ -31,7 +31,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 WORKERS = 2
-# The target is 10 s (stack/patroni.py: ttl 8 s); the machine is shared.
+# The target is 10 s (stack/patroni.py: ttl 7 s); the machine is shared.
 PROMOCAO_MAXIMA = 30
 
 
