@@ -3,7 +3,7 @@ PY := .venv/bin/python
 # Workers of the distributed topology started by `make citus`.
 CREBITO_CITUS_WORKERS ?= 2
 
-.PHONY: run citus ha backup restaurar reset test lint auditoria docker
+.PHONY: run citus ha backup restaurar reset test lint auditoria docker observar
 run: .venv/.installed
 	$(PY) stack/launcher.py
 
@@ -32,6 +32,11 @@ reset: .venv/.installed
 # Checks the running stack's books; exits non-zero when api.auditoria() reports a violation.
 auditoria: .venv/.installed
 	$(PY) stack/launcher.py --auditoria
+
+# Prometheus on 127.0.0.1:9090 beside the running stack (any topology),
+# scraping its metrics endpoints every second; Ctrl-C stops it.
+observar: .venv/.installed
+	$(PY) stack/observar.py
 
 # The same stack in Docker (compose.yml), in the foreground; Ctrl-C stops it and
 # removes its containers, the database's volume stays. Builds what is missing.

@@ -127,4 +127,7 @@ reset role;
 -- A stuck request must not hold a worker forever.
 alter role crebito_api set statement_timeout = '5s';
 
+-- The metrics exporter's login and the one view it reads.
+\ir metricas.sql
+
 \ir wal_adiantado.sql

@@ -31,10 +31,12 @@ if [ ! -e "$PRONTO" ]; then
         --auth-local=peer --auth-host=reject >/dev/null
     cat >"$PGDATA/pg_hba.conf" <<'EOF'
 # Only unix sockets, as nothing listens on TCP: the superuser's own OS user
-# (inside this container), and crebito_api with its SCRAM password (the API
-# containers reach the socket through a shared volume, under another uid).
+# (inside this container), crebito_api with its SCRAM password (the API
+# containers reach the socket through a shared volume, under another uid),
+# and the metrics exporter by its uid (10002, named crebito_metricas here).
 local all postgres peer
 local crebito crebito_api scram-sha-256
+local crebito crebito_metricas peer
 EOF
     printf "\ninclude '/etc/crebito/postgresql.conf'\ninclude '/etc/crebito/docker.conf'\n" >>"$PGDATA/postgresql.conf"
     privado=$(mktemp -d)

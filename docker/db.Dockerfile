@@ -8,7 +8,8 @@ RUN mkdir -p /etc/postgresql-common \
     && apt-get update \
     && apt-get install -y --no-install-recommends postgresql-15 \
     && rm -rf /var/lib/apt/lists/* \
-    && install -d -o postgres -g postgres -m 0700 /var/lib/postgresql/data
+    && install -d -o postgres -g postgres -m 0700 /var/lib/postgresql/data \
+    && useradd --system --uid 10002 --no-create-home --shell /usr/sbin/nologin crebito_metricas
 COPY db /usr/share/crebito/db
 COPY stack/postgresql.conf /etc/crebito/postgresql.conf
 COPY docker/postgresql.conf /etc/crebito/docker.conf

@@ -1,6 +1,6 @@
 """crebito's compose project, driven from Python: what `make docker`, the
 tests and the benchmarks share. Builds what is missing (the Debian base with
-docker/base.sh, the three images, the password file with docker/senha.sh),
+docker/base.sh, the images, the password file with docker/senha.sh),
 and starts, inspects and removes one compose project.
 
     python docker/projeto.py     # make docker: build what is missing or changed, run
@@ -11,12 +11,17 @@ Environment: DOCKER_HOST (the engine; when none answers and we are root, a
 private one is started, see docker/motor.py), CREBITO_DOCKER_DADOS (that
 private engine's folder, default /var/lib/crebito-docker), COMPOSE_PROJECT_NAME,
 CREBITO_PORT (host port, default 9999), CREBITO_TAG (image tag, default
-latest), CREBITO_SENHA_API (the password file, default in ~/.config/crebito).
+latest), CREBITO_SENHA_API (the password file, default in ~/.config/crebito),
+CREBITO_METRICAS_HAPROXY and CREBITO_METRICAS_POSTGRES (where the metrics
+endpoints listen, on the host's loopback: 127.0.0.1:8404 and :9187, or a free
+port when taken), COMPOSE_PROFILES (default `metricas`: with PostgreSQL's
+exporter).
 """
 
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 
@@ -24,8 +29,12 @@ import motor
 
 RAIZ = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMPOSE = os.path.join(RAIZ, "compose.yml")
-IMAGENS = ("db", "api", "haproxy")
+IMAGENS = ("db", "api", "haproxy", "metricas")
+# The challenge's stack, within its budget; and what observes it (compose.yml's profile `metricas`).
 SERVICOS = ("db", "api01", "api02", "haproxy")
+OBSERVACAO = ("metricas-db",)
+# Where each metrics endpoint listens on the host's loopback, unless taken.
+METRICAS = {"CREBITO_METRICAS_HAPROXY": 8404, "CREBITO_METRICAS_POSTGRES": 9187}
 
 
 def comando_compose(env=None):
@@ -35,6 +44,18 @@ def comando_compose(env=None):
     if v2.returncode == 0:
         return ["docker", "compose"]
     return ["docker-compose", "--compatibility"]
+
+
+def _porta_de_metricas(porta):
+    """127.0.0.1:porta, or a free port when another stack holds it: HAProxy
+    in the host's network would otherwise fail to start on it."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", porta))
+        except OSError:
+            s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
 
 
 def _rodar_ate_o_fim(cmd, **kw):
@@ -67,6 +88,10 @@ class Projeto:
             self.env["CREBITO_TAG"] = tag
         if senha:
             self.env["CREBITO_SENHA_API"] = senha
+        self.env.setdefault("COMPOSE_PROFILES", "metricas")
+        for variavel, porta in METRICAS.items():
+            if not self.env.get(variavel):
+                self.env[variavel] = _porta_de_metricas(porta)
         self.nome = self.env.get("COMPOSE_PROJECT_NAME") or os.path.basename(RAIZ)
         self.porta = int(self.env.get("CREBITO_PORT", "9999"))
         self.tag = self.env.get("CREBITO_TAG", "latest")
@@ -201,6 +226,10 @@ def main():
                 # Every time: the engine's cache makes it quick, and an image
                 # never lags behind an edited Dockerfile or source file.
                 projeto.construir(sempre=True)
+                motor.log(
+                    f"metrics: http://{projeto.env['CREBITO_METRICAS_HAPROXY']}/metrics (HAProxy),"
+                    f" http://{projeto.env['CREBITO_METRICAS_POSTGRES']}/metrics (PostgreSQL)"
+                )
                 motor.log(f"project {projeto.nome} on http://127.0.0.1:{projeto.porta} (Ctrl-C stops)")
                 projeto.compose("up", "--no-build", check=False)
             finally:

@@ -17,8 +17,13 @@ command -v pgbench >/dev/null || faltam+=(postgresql-contrib)
 command -v patroni >/dev/null || faltam+=(patroni)
 command -v etcd >/dev/null || faltam+=(etcd-server)
 command -v pgbackrest >/dev/null || faltam+=(pgbackrest)
+# Metrics (stack/metricas.py): PostgreSQL's exporter, and Prometheus for `make observar`.
+command -v prometheus-postgres-exporter >/dev/null || faltam+=(prometheus-postgres-exporter)
+command -v prometheus >/dev/null || faltam+=(prometheus)
 # The saturation benchmark (bench/saturacao.py) drives wrk.
 command -v wrk >/dev/null || faltam+=(wrk)
+# The load report's test renders it in a headless browser (bench/test_relatorio.py).
+command -v chromium >/dev/null || faltam+=(chromium)
 python3 -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(sysconfig.get_paths()["include"] + "/Python.h"))' \
     || faltam+=(python3-dev)
 python3 -c 'import venv, ensurepip' 2>/dev/null || faltam+=(python3-venv)
@@ -28,6 +33,13 @@ if [ ${#faltam[@]} -gt 0 ]; then
         echo "crebito: installing ${faltam[*]}"
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${faltam[@]}" gcc >/dev/null
+        # Their Debian services would take the ports the stack's own use
+        # (:9090, :9187) on a machine run by systemd: only the binaries serve here.
+        for servico in prometheus prometheus-postgres-exporter; do
+            if [[ " ${faltam[*]} " == *" $servico "* ]] && [ -d /run/systemd/system ]; then
+                systemctl disable --now "$servico" >/dev/null 2>&1 || true
+            fi
+        done
     else
         echo "crebito: missing Debian packages: ${faltam[*]}" >&2
         echo "crebito: install them with: sudo apt-get install ${faltam[*]}" >&2
@@ -36,10 +48,13 @@ if [ ${#faltam[@]} -gt 0 ]; then
 fi
 
 # The API instances' own OS user: a root launcher runs them as it, so they can
-# reach the database only as crebito_api (HAProxy's user comes with its package).
-if [ "$(id -u)" = 0 ] && ! id crebito-api >/dev/null 2>&1; then
-    useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin crebito-api
-fi
+# reach the database only as crebito_api (HAProxy's user comes with its package);
+# and the metrics exporters', which reaches it only as crebito_metricas.
+for usuario in crebito-api crebito-metricas; do
+    if [ "$(id -u)" = 0 ] && ! id "$usuario" >/dev/null 2>&1; then
+        useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$usuario"
+    fi
+done
 
 if [ -n "${CREBITO_CITUS_TARBALL:-}" ]; then
     if [ "$(id -u)" != 0 ]; then

@@ -27,6 +27,8 @@ Environment:
                       single-node); an existing one keeps the topology it has
     CREBITO_CITUS_PORT     first TCP port of the Citus nodes (default: free ports)
     CREBITO_HA        1: the high-availability topology for a new data directory
+    CREBITO_METRICAS_HAPROXY, CREBITO_METRICAS_POSTGRES, CREBITO_METRICAS_PROCESSOS
+                      where the metrics endpoints listen (stack/metricas.py)
 """
 
 import argparse
@@ -44,6 +46,7 @@ import sys
 import time
 
 import backup
+import metricas
 import patroni
 import processos
 import segredos
@@ -63,6 +66,8 @@ FRENTE = ("api01", "api02", "haproxy")
 # The OS users a root launcher runs the API instances and HAProxy as; stack/install.sh creates the first.
 USUARIO_API = "crebito-api"
 USUARIO_HAPROXY = "haproxy"
+# The exporters' (stack/metricas.py); PostgreSQL lets it in only as crebito_metricas.
+USUARIO_METRICAS = "crebito-metricas"
 
 
 def log(msg):
@@ -119,7 +124,8 @@ class Stack:
         self.usuario = "postgres" if root else None
         self.usuario_api = USUARIO_API if root else None
         self.usuario_haproxy = USUARIO_HAPROXY if root else None
-        for usuario in (self.usuario, self.usuario_api, self.usuario_haproxy):
+        self.usuario_metricas = USUARIO_METRICAS if root else None
+        for usuario in (self.usuario, self.usuario_api, self.usuario_haproxy, self.usuario_metricas):
             if usuario is not None:
                 try:
                     pwd.getpwnam(usuario)
@@ -241,6 +247,7 @@ class Stack:
         pares = [("postgres", "postgres"), (self.dono, "postgres"), (self.dono, "crebito_api")]
         if self.usuario_api is not None:
             pares.append((self.usuario_api, "crebito_api"))
+        pares.append((self.usuario_metricas or self.dono, "crebito_metricas"))
         return "".join(f"crebito {so} {papel}\n" for so, papel in dict.fromkeys(pares))
 
     def _escrever_no_cluster(self, no, nome, texto):
@@ -376,9 +383,24 @@ class Stack:
         # One server per worker in HAProxy, so a request only goes to a free one.
         env = dict(os.environ, CREBITO_BIND=f"*:{self.porta}")
         env.update({f"CREBITO_{nome.upper()}": caminho for nome, caminho in self._sockets()})
+        # HAProxy's own Prometheus exporter, on a listener apart from the API's,
+        # bound here once (stack/metricas.py's escutar).
+        fd = self.escuta_metricas.fileno()
+        env["CREBITO_METRICAS"] = f"fd@{fd}"
         haproxy = ["haproxy", "-db", "-f", os.path.join(RAIZ, "haproxy.cfg")]
-        lista.append(Processo("haproxy", haproxy, self._como(env, self.usuario_haproxy)))
-        return lista
+        lista.append(Processo("haproxy", haproxy, self._como(env, self.usuario_haproxy), fds=(fd,)))
+        nomes = [p.nome for p in lista]
+        como = self._como_metricas()
+        return lista + metricas.processos(self.alvos, self.nos, self.var, nomes, como, self.usuario_metricas)
+
+    def _como_metricas(self):
+        """The exporters' user, with the API's group as well: the one group
+        that may enter the database's socket directory, and which reaches
+        nothing else (the API's sockets and password file are its user's)."""
+        if self.usuario_metricas is None:
+            return {}
+        info = pwd.getpwnam(self.usuario_metricas)
+        return {"user": info.pw_uid, "group": info.pw_gid, "extra_groups": [pwd.getpwnam(self.usuario_api).pw_gid]}
 
     def _processo_do_no(self, i, no):
         """A database node: postgres itself, or (HA) Patroni, which runs it.
@@ -454,6 +476,8 @@ class Stack:
             self.configurar(no)
         if self.ha:
             backup.preparar(self.var, self.usuario)
+        self.alvos = metricas.escolher(self.var, self.nos)
+        self.escuta_metricas = metricas.escutar(metricas.endereco(self.alvos, "haproxy"))
         todos = {p.nome: p for p in self.processos()}
         for p in todos.values():
             if p.nome not in FRENTE:
@@ -468,6 +492,9 @@ class Stack:
                 self.esperar_postgres(n)
         if novo:
             self.carregar_schema(no)
+        else:
+            # A database made before the metrics' role and function gets them.
+            self.psql(no, "-c", "set client_min_messages = warning", "-f", "db/metricas.sql")
         if self.ha:
             # The repository's stanza for this cluster (again on every start:
             # a no-op once made), so the primary's WAL can be archived.

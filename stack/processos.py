@@ -30,6 +30,9 @@ class Processo:
     # Stopped in increasing order: the front first, the database last.
     ordem_de_parada: int = 0
     espera_de_parada: float = 20
+    # Descriptors it inherits: a socket the launcher bound for it once, which
+    # no restart can then lose to another process.
+    fds: tuple = ()
 
 
 class Supervisor:
@@ -45,7 +48,9 @@ class Supervisor:
     def iniciar(self, processo):
         self.definidos[processo.nome] = processo
         # Own session: Ctrl-C reaches only the launcher, which stops the rest in order.
-        proc = subprocess.Popen(processo.cmd, env=processo.env, start_new_session=True, cwd="/", **processo.como)
+        proc = subprocess.Popen(
+            processo.cmd, env=processo.env, start_new_session=True, cwd="/", pass_fds=processo.fds, **processo.como
+        )
         self.rodando[processo.nome] = (proc, time.monotonic())
         with open(os.path.join(self.var, f"{processo.nome}.pid"), "w") as f:
             f.write(f"{proc.pid}\n")

@@ -13,8 +13,10 @@ import yaml
 from conftest import RAIZ
 
 SERVICOS = {"haproxy", "api01", "api02", "db"}
+# Observation, outside the challenge's stack and budget: only with the profile `metricas`.
+OBSERVACAO = {"metricas-db"}
 APIS = ("api01", "api02")
-IMAGEM = {"haproxy": "haproxy", "api01": "api", "api02": "api", "db": "db"}
+IMAGEM = {"haproxy": "haproxy", "api01": "api", "api02": "api", "db": "db", "metricas-db": "metricas"}
 SEGREDO = "/run/secrets/crebito_api"
 
 
@@ -29,8 +31,14 @@ def compose():
 
 
 @pytest.fixture(scope="module")
-def servicos(compose):
+def todos(compose):
     return compose["services"]
+
+
+@pytest.fixture(scope="module")
+def servicos(todos):
+    """The challenge's stack: what `docker compose up` runs with no profile."""
+    return {nome: s for nome, s in todos.items() if "profiles" not in s}
 
 
 def ambiente(servico):
@@ -50,9 +58,12 @@ def instrucoes(dockerfile):
     return [tuple(linha.split(None, 1)) for linha in texto.splitlines() if linha.strip() and linha[0] != "#"]
 
 
-def test_os_quatro_servicos_construidos_de_docker(servicos):
+def test_os_quatro_servicos_construidos_de_docker(servicos, todos):
     assert set(servicos) == SERVICOS
-    for nome, servico in servicos.items():
+    assert set(todos) - SERVICOS == OBSERVACAO
+    for nome in OBSERVACAO:
+        assert todos[nome]["profiles"] == ["metricas"], nome
+    for nome, servico in todos.items():
         assert servico["image"] == f"crebito-{IMAGEM[nome]}:${{CREBITO_TAG:-latest}}"
         build = servico["build"]
         assert build["context"] == "."
@@ -63,18 +74,22 @@ def test_os_quatro_servicos_construidos_de_docker(servicos):
 
 
 def test_toda_imagem_parte_do_debian_bookworm_slim():
-    for nome in ("db", "api", "haproxy"):
+    for nome in set(IMAGEM.values()):
         froms = [arg.split()[0] for inst, arg in instrucoes(f"docker/{nome}.Dockerfile") if inst == "FROM"]
         assert froms and set(froms) == {"debian:bookworm-slim"}, nome
 
 
-def test_nada_publicado_so_o_haproxy_na_rede_do_host(servicos):
+def test_nada_publicado_so_o_haproxy_na_rede_do_host(todos, servicos):
     # No published port, so no docker-proxy: HAProxy binds the port itself in
-    # the host's network, and the rest have no network at all.
-    for nome, servico in servicos.items():
+    # the host's network, and the rest have no network at all (but the
+    # exporter of PostgreSQL's metrics, on the host's loopback).
+    for nome, servico in todos.items():
         assert "ports" not in servico and "expose" not in servico, nome
-        assert servico["network_mode"] == ("host" if nome == "haproxy" else "none"), nome
+        assert servico["network_mode"] == ("host" if nome in {"haproxy", *OBSERVACAO} else "none"), nome
     assert ambiente(servicos["haproxy"])["CREBITO_BIND"] == "*:${CREBITO_PORT:-9999}"
+    # Every metrics endpoint on the loopback by default.
+    assert ambiente(servicos["haproxy"])["CREBITO_METRICAS"] == "${CREBITO_METRICAS_HAPROXY:-127.0.0.1:8404}"
+    assert "--web.listen-address=${CREBITO_METRICAS_POSTGRES:-127.0.0.1:9187}" in todos["metricas-db"]["command"]
     for nome in IMAGEM.values():
         assert "EXPOSE" not in dict(instrucoes(f"docker/{nome}.Dockerfile")), nome
 
@@ -181,7 +196,13 @@ def test_nenhuma_autenticacao_trust():
     entrada = ler("docker", "db-entrypoint.sh")
     hba = re.search(r"pg_hba.conf\" <<'EOF'\n(.*?)\nEOF", entrada, re.S).group(1)
     regras = [linha.split() for linha in hba.splitlines() if linha and not linha.startswith("#")]
-    assert regras == [["local", "all", "postgres", "peer"], ["local", "crebito", "crebito_api", "scram-sha-256"]]
+    assert regras == [
+        ["local", "all", "postgres", "peer"],
+        ["local", "crebito", "crebito_api", "scram-sha-256"],
+        ["local", "crebito", "crebito_metricas", "peer"],
+    ]
+    # Peer: the exporter's uid is the one the db image names crebito_metricas.
+    assert "--uid 10002 --no-create-home --shell /usr/sbin/nologin crebito_metricas" in ler("docker", "db.Dockerfile")
     for arquivo in os.listdir(os.path.join(RAIZ, "docker")):
         if not os.path.isfile(os.path.join(RAIZ, "docker", arquivo)):
             continue
@@ -249,7 +270,7 @@ def test_a_api_espera_o_banco_sem_healthcheck(servicos):
 
 def test_dockerfiles_copiam_arquivos_que_existem_no_contexto():
     ignorar = [p for p in ler(".dockerignore").splitlines() if p and not p.startswith("#")]
-    for nome in ("db", "api", "haproxy"):
+    for nome in set(IMAGEM.values()):
         for inst, arg in instrucoes(f"docker/{nome}.Dockerfile"):
             if inst != "COPY" or arg.startswith("--from"):
                 continue

@@ -1,6 +1,6 @@
 """The Docker deployment, run for real: first `make docker` itself on a
 private engine, interrupted (Ctrl-C, SIGKILL, SIGTERM) at its several stages;
-then the three images built from the Debian base, compose.yml brought up on a
+then the images built from the Debian base, compose.yml brought up on a
 Docker engine (the one DOCKER_HOST names, or a private dockerd on the same
 folder as `make docker`'s, so its build cache is reused, when none answers
 and we are root), and the official phases and the HTTP contract against it,
@@ -34,7 +34,7 @@ from test_falhas import SEM_RESPOSTA, ClienteDoBanco, esperar, primeiro_200
 
 sys.path.insert(0, os.path.join(RAIZ, "docker"))
 import motor  # noqa: E402
-from projeto import SERVICOS, Projeto  # noqa: E402
+from projeto import IMAGENS, METRICAS, OBSERVACAO, SERVICOS, Projeto  # noqa: E402
 
 WORKERS = 3
 # Time to wait for the stack after `up`, a first start included (initdb).
@@ -110,11 +110,11 @@ def projeto(engine, senha, pytestconfig):
     try:
         t0 = time.monotonic()
         p.construir(sempre=True)
-        relatar(pytestconfig, f"docker: base image and three images built in {time.monotonic() - t0:.1f}s")
+        relatar(pytestconfig, f"docker: base image and the images built in {time.monotonic() - t0:.1f}s")
         yield p
     finally:
         p.descer()
-        for nome in ("db", "api", "haproxy"):
+        for nome in IMAGENS:
             p.docker("rmi", p.imagem(nome), capture_output=True, check=False)
 
 
@@ -288,7 +288,7 @@ def test_imagens_da_mesma_base_debian(projeto, pytestconfig):
 
     base = inspecionar("debian:bookworm-slim")["RootFS"]["Layers"]
     tamanhos = {}
-    for nome in ("db", "api", "haproxy"):
+    for nome in IMAGENS:
         imagem = inspecionar(projeto.imagem(nome))
         assert imagem["RootFS"]["Layers"][: len(base)] == base, nome
         tamanhos[nome] = imagem["Size"] / 1e6
@@ -350,9 +350,10 @@ def test_primeiro_200_depois_do_up(pilha_docker):
 
 
 def limites_do_compose():
+    """The challenge's services' limits (not those of the profile `metricas`)."""
     with open(os.path.join(RAIZ, "compose.yml")) as f:
         servicos = yaml.safe_load(f)["services"]
-    return {nome: s["deploy"]["resources"]["limits"] for nome, s in servicos.items()}
+    return {nome: s["deploy"]["resources"]["limits"] for nome, s in servicos.items() if "profiles" not in s}
 
 
 def cgrupo(pid, controlador):
@@ -507,6 +508,31 @@ def test_bench_le_os_cgrupos_dos_conteineres(pilha_docker):
         assert 0 < cgrupos.pico_mb(nome) <= cgrupos.limites[nome][1], nome
 
 
+def test_metricas_do_haproxy_e_do_postgres(http):
+    """HAProxy's exporter (in its container, on the host's loopback) counts
+    each request; PostgreSQL's (a service of the profile `metricas`, which
+    the project turns on) answers with crebito's figures, as no root."""
+    from test_metricas import soma
+
+    env = http.projeto.env
+    haproxy, postgres = env["CREBITO_METRICAS_HAPROXY"], env["CREBITO_METRICAS_POSTGRES"]
+    assert haproxy.startswith("127.0.0.1:") and postgres.startswith("127.0.0.1:")
+    antes = soma(haproxy, "haproxy_frontend_http_requests_total", proxy="crebito")
+    for i in range(10):
+        assert http.transacao(1 + i % 5, 10, "c", "metrica").status == 200
+    assert soma(haproxy, "haproxy_frontend_http_requests_total", proxy="crebito") - antes == 10
+    assert esperar(lambda: soma(postgres, "pg_up") == 1, 60, passo=0.5)
+    # The client rows' figures are read on every scrape.
+    assert esperar(lambda: soma(postgres, "crebito_lancamentos") == 10, 30, passo=0.5)
+    assert soma(postgres, "crebito_clientes") == 5
+    assert soma(postgres, "pg_stat_database_xact_commit", datname="crebito") >= 10
+    for servico in OBSERVACAO:
+        info = http.projeto.inspecionar(servico)
+        assert info["HostConfig"]["NetworkMode"] == "host", servico
+        for pid in arvore(info["State"]["Pid"]):
+            assert 0 not in uids(pid), servico
+
+
 # -- kill -9 under load, and down ----------------------------------------------------------
 
 
@@ -578,7 +604,9 @@ def test_kill9_da_api01_e_do_db_sob_carga_idempotente(http, capsys):
 def test_outro_projeto_e_outra_pilha_e_down_remove_tudo(projeto, http):
     # The module's stack holds a transaction; a second project name starts empty.
     assert http.transacao(1, 10, "c", "primeira").status == 200
-    outro = Projeto(projeto.env, nome=f"{projeto.nome}-b", porta=porta_livre())
+    # Its own metrics ports too (Projeto picks free ones): both HAProxys are in the host's network.
+    env = {k: v for k, v in projeto.env.items() if k not in METRICAS}
+    outro = Projeto(env, nome=f"{projeto.nome}-b", porta=porta_livre())
     try:
         outro.compose("up", "-d", "--no-build")
         segunda = PilhaCompose(outro)

@@ -88,6 +88,8 @@ def arvore(pid):
         ("api02", launcher.USUARIO_API),
         ("haproxy", launcher.USUARIO_HAPROXY),
         ("postgres", "postgres"),
+        ("metricas-postgres", launcher.USUARIO_METRICAS),
+        ("metricas-processos", launcher.USUARIO_METRICAS),
     ],
 )
 def test_nenhum_processo_roda_como_root(stack, componente, usuario):
