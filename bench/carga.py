@@ -37,7 +37,13 @@ ALFANUMERICOS = string.ascii_letters + string.digits
 
 
 class Falha(Exception):
-    """A failed check: the request counts as KO with this reason."""
+    """A failed check: the request counts as KO with this reason, a sentence
+    that is the same for every request failing the same way (so they are
+    counted together); `exemplo` keeps what this one request saw."""
+
+    def __init__(self, motivo, exemplo=None):
+        super().__init__(motivo)
+        self.exemplo = exemplo
 
 
 class Resposta:
@@ -51,7 +57,12 @@ class Resposta:
         try:
             return json.loads(self.corpo)
         except ValueError as e:
-            raise Falha("corpo não é JSON") from e
+            raise Falha("o corpo da resposta não é JSON", trecho(self.corpo)) from e
+
+
+def trecho(corpo):
+    """The start of a body, on one line, to show beside a KO reason."""
+    return " ".join(corpo[:120].decode(errors="replace").split())[:80]
 
 
 def descricao_aleatoria():
@@ -73,11 +84,12 @@ class Registro:
         self.ok = []
         self.status = []
         self.motivos = {}  # KO reason -> count
+        self.motivos_por_grupo = {}  # (group, KO reason) -> [count, the first request's detail]
         self.inconsistencias = 0
         self.status_ok_rapidos = 0  # expected status in under 250 ms
         self.em_voo = 0
 
-    def anotar(self, grupo, inicio_ns, fim_ns, status, motivo, status_esperado):
+    def anotar(self, grupo, inicio_ns, fim_ns, status, motivo, status_esperado, exemplo=None):
         self.grupo.append(grupo)
         self.t.append((inicio_ns - self.inicio_ns) / 1e9)
         self.lat_ns.append(fim_ns - inicio_ns)
@@ -86,6 +98,8 @@ class Registro:
         self.status.append(status)
         if motivo is not None:
             self.motivos[motivo] = self.motivos.get(motivo, 0) + 1
+            contagem = self.motivos_por_grupo.setdefault((grupo, motivo), [0, exemplo])
+            contagem[0] += 1
         if status_esperado and fim_ns - inicio_ns < LIMIAR_MS * 1_000_000:
             self.status_ok_rapidos += 1
 
@@ -142,17 +156,19 @@ class Usuario:
         inicio = time.perf_counter_ns()
         status = 0
         resposta = None
-        motivo = None
+        motivo = exemplo = None
         try:
             async with asyncio.timeout(TIMEOUT_PEDIDO):
                 resposta = await self._trocar(metodo, caminho, corpo)
             status = resposta.status
             if status not in esperados:
-                motivo = f"status {status}"
+                motivo = f"status {status}, esperado {' ou '.join(map(str, esperados))}"
+                exemplo = f"{metodo} {caminho}: {trecho(resposta.corpo)}"
         except TimeoutError:
-            motivo = "tempo esgotado (60 s)"
+            motivo = f"sem resposta em {TIMEOUT_PEDIDO} s (o tempo limite do Gatling)"
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as e:
-            motivo = f"conexão: {type(e).__name__}"
+            motivo = motivo_de_conexao(e)
+            exemplo = f"{metodo} {caminho}: {type(e).__name__}: {e}"
         fim = time.perf_counter_ns()
         registro.em_voo -= 1
         if motivo is not None:
@@ -161,10 +177,11 @@ class Usuario:
             try:
                 verificar(resposta)
             except Falha as e:
-                motivo = str(e)
+                motivo, exemplo = str(e), e.exemplo
             except (KeyError, TypeError, IndexError, AttributeError) as e:
-                motivo = f"campo ausente: {type(e).__name__} {e}"
-        registro.anotar(grupo, inicio, fim, status, motivo, status in esperados)
+                motivo = "falta um campo no corpo da resposta, ou tem outro tipo"
+                exemplo = f"{metodo} {caminho}: {type(e).__name__} {e}: {trecho(resposta.corpo)}"
+        registro.anotar(grupo, inicio, fim, status, motivo, status in esperados, exemplo)
         return resposta if motivo is None else None
 
     def fechar(self):
@@ -174,14 +191,32 @@ class Usuario:
             self.leitor = None
 
 
+# Why a connection failed, in words; every sentence starts with "conexão".
+CONEXAO = {
+    ConnectionRefusedError: "conexão recusada",
+    ConnectionResetError: "conexão derrubada pelo servidor",
+    BrokenPipeError: "conexão fechada pelo servidor durante o envio",
+    asyncio.IncompleteReadError: "conexão fechada antes do fim da resposta",
+    asyncio.LimitOverrunError: "conexão com um cabeçalho de resposta longo demais",
+    ValueError: "conexão com uma resposta HTTP ilegível",
+}
+
+
+def motivo_de_conexao(e):
+    for tipo, frase in CONEXAO.items():
+        if isinstance(e, tipo):
+            return frase
+    return f"conexão falhou: {getattr(e, 'strerror', None) or type(e).__name__}"
+
+
 def checar_saldo(registro, saldo, limite):
     """The official "balance check": a balance below minus the limit is an
     inconsistency, fined on its own."""
     if not isinstance(saldo, int) or not isinstance(limite, int):
-        raise Falha("saldo ou limite não inteiro")
+        raise Falha("saldo ou limite não é um número inteiro", f"saldo {saldo!r}, limite {limite!r}")
     if saldo < -limite:
         registro.inconsistencias += 1
-        raise Falha("saldo inconsistente")
+        raise Falha("saldo abaixo de menos o limite (inconsistência)", f"saldo {saldo}, limite {limite}")
 
 
 def corpo_transacao(valor, tipo, descricao):
@@ -212,7 +247,7 @@ class Carga:
         def verificar(r):
             total = r.json()["saldo"]["total"]
             if total != esperado:
-                raise Falha(f"saldo.total {total}, esperado {esperado}")
+                raise Falha(f"saldo.total do extrato depois da rajada não é {esperado}", f"saldo.total {total}")
 
         return verificar
 
@@ -249,15 +284,22 @@ class Carga:
         def inicial(r):
             saldo = r.json()["saldo"]
             if saldo["limite"] != limite or saldo["total"] != 0:
-                raise Falha(f"extrato inicial {saldo}")
+                raise Falha(
+                    f"extrato inicial do cliente {cliente} não tem saldo 0 e limite {limite}",
+                    f"saldo {saldo['total']}, limite {saldo['limite']}",
+                )
 
         def itens(esperados):
             def verificar(r):
                 lista = r.json()["ultimas_transacoes"]
                 for i, (descricao, tipo, valor) in enumerate(esperados):
                     item = lista[i]
-                    if (item["descricao"], item["tipo"], item["valor"]) != (descricao, tipo, valor):
-                        raise Falha(f"ultimas_transacoes[{i}] = {item}")
+                    visto = (item["descricao"], item["tipo"], item["valor"])
+                    if visto != (descricao, tipo, valor):
+                        raise Falha(
+                            f"a transação nº {i + 1} de ultimas_transacoes não é «{descricao}» ({tipo}, {valor})",
+                            f"cliente {cliente}: «{visto[0]}» ({visto[1]}, {visto[2]})",
+                        )
 
             return verificar
 
@@ -276,7 +318,11 @@ class Carga:
                 itens([("danada", "c", 1)])(r)
                 saldo = r.json()["saldo"]
                 if saldo["limite"] != lembrado["limite"] or saldo["total"] != lembrado["saldo"]:
-                    raise Falha(f"extrato {saldo} difere da última transação {lembrado}")
+                    raise Falha(
+                        "o saldo do extrato difere do que a última transação respondeu",
+                        f"cliente {cliente}: extrato saldo {saldo['total']} limite {saldo['limite']},"
+                        f" transação saldo {lembrado['saldo']} limite {lembrado['limite']}",
+                    )
 
             # Four statements at once, each on its own connection (Gatling's resources).
             await asyncio.gather(
@@ -439,15 +485,48 @@ def estatisticas(lat_ns, ms_inteiros):
     }
 
 
+SLOTS = 100  # Gatling's response time distribution: 100 slots from min to max
+
+
+def distribuicao(ms_inteiros, ok):
+    """Gatling's distribution of one group: equal slots of whole milliseconds
+    from its min to its max, counting OK and KO requests apart."""
+    de, ate = min(ms_inteiros), max(ms_inteiros)
+    largura = max(1, math.ceil((ate - de + 1) / SLOTS))
+    n = (ate - de) // largura + 1
+    contagem = {True: [0] * n, False: [0] * n}
+    for ms, bom in zip(ms_inteiros, ok, strict=True):
+        contagem[bom][(ms - de) // largura] += 1
+    return {"de_ms": de, "largura_ms": largura, "ok": contagem[True], "ko": contagem[False]}
+
+
+NOMES_GRUPOS = {"debitos": "débito", "creditos": "crédito", "extratos": "extrato", "validacoes": "validação"}
+
+
+def frases_de_ko(registro):
+    """The KO reasons as sentences, most frequent first: how many requests of
+    which group failed why, with what the first of them saw."""
+    r = []
+    for (grupo, motivo), (n, exemplo) in sorted(registro.motivos_por_grupo.items(), key=lambda x: -x[1][0]):
+        frase = f"{n} {'requisição' if n == 1 else 'requisições'} de {NOMES_GRUPOS.get(grupo, grupo)}: {motivo}"
+        if exemplo:
+            frase += f" (a primeira: {exemplo})"
+        r.append({"grupo": grupo, "motivo": motivo, "n": n, "exemplo": exemplo, "frase": frase})
+    return r
+
+
 def resumir(registro, duracao, cpu_carga):
     r = registro
     grupos = {}
+    distribuicoes = {}
     for g in (*GRUPOS, "all"):
         idx = [i for i, x in enumerate(r.grupo) if g == "all" or x == g]
         est = estatisticas([r.lat_ns[i] for i in idx], [r.ms_inteiros[i] for i in idx])
         if est is not None:
             est["ko"] = sum(1 for i in idx if not r.ok[i])
             grupos[g] = est
+            if g != "all":
+                distribuicoes[g] = distribuicao([r.ms_inteiros[i] for i in idx], [r.ok[i] for i in idx])
     total = len(r)
     pct = 100.0 * r.status_ok_rapidos / total if total else 0.0
     multa_lentidao = round((98 - pct) * 1000, 2) if pct < 98 else 0.0
@@ -456,6 +535,7 @@ def resumir(registro, duracao, cpu_carga):
         "total": total,
         "ko": r.kos(),
         "motivos_ko": r.motivos,
+        "ko_em_frases": frases_de_ko(r),
         "duracao_s": round(duracao, 2),
         "grupos": grupos,
         "pontuacao": {
@@ -466,6 +546,7 @@ def resumir(registro, duracao, cpu_carga):
             "usd": round(100000 - multa_lentidao - multa_inconsistencia, 2),
         },
         "cpu_da_carga": cpu_carga,
+        "distribuicao": distribuicoes,
     }
 
 
@@ -548,14 +629,15 @@ def main(argv=None):
     resumo["inicio_epoch"] = carga.registro.inicio_epoch
     resumo["inicio_fase3_s"] = carga.registro.inicio_fase3_s
     print(tabela(resumo))
-    if resumo["motivos_ko"]:
-        print("motivos de KO:", ", ".join(f"{k}: {v}" for k, v in sorted(resumo["motivos_ko"].items())))
+    if resumo["ko_em_frases"]:
+        print("motivos de KO:")
+        for item in resumo["ko_em_frases"]:
+            print(f"  {item['frase']}")
     print(f"CPU da própria carga: {cpu_s:.1f} s em {duracao:.0f} s ({cpu_carga['pct_de_um_nucleo']}% de um núcleo)")
     with open(os.path.join(saida, "carga.json"), "w") as f:
         json.dump(resumo, f, indent=1, ensure_ascii=False)
-    with open(os.path.join(saida, "relatorio.html"), "w") as f:
-        f.write(relatorio.gerar(resumo))
-    print(f"figuras em {saida}/carga.json, relatório em {saida}/relatorio.html")
+    relatorio.escrever(saida, resumo)
+    print(f"figuras em {saida}/carga.json, relatório em {saida}/relatorio.html, tabela em resumo.json e resumo.md")
     return resumo
 
 

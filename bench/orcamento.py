@@ -24,6 +24,7 @@ import time
 import pilha
 import pisos
 import registro
+import relatorio
 
 AQUI = os.path.dirname(os.path.abspath(__file__))
 PG_STAT_CONF = os.path.join(AQUI, "pg_stat_statements.conf")
@@ -151,6 +152,8 @@ def main():
         gravado["deslocamento_s"] = round(carga["inicio_epoch"] - gravado["inicio_epoch"], 3)
         gravado["inicio_fase3_s"] = carga["inicio_fase3_s"]
         pilha.salvar_json(os.path.join(saida, "registro.json"), gravado)
+        # carga.py wrote its report before the record ended: drawn again with it.
+        relatorio.escrever(carga_saida, carga, gravado)
         r["paradas"] = registro.episodios(carga["serie"], gravado)
         if args.pisos:
             with open(args.pisos) as f:

@@ -370,6 +370,17 @@ class Cgrupos:
             return None
         return None
 
+    def uso_mb(self, componente):
+        """Memory charged to the group now (page cache included, as the limit counts it)."""
+        try:
+            if self.modo == "v1":
+                return int(_ler(os.path.join(self._dirs(componente)["memory"], "memory.usage_in_bytes"))) / 2**20
+            if self.modo == "v2":
+                return int(_ler(os.path.join(self._dirs(componente)["v2"], "memory.current"))) / 2**20
+        except OSError:
+            return None
+        return None
+
     def eventos(self, componente):
         """Throttling and memory-limit events: how often the budget bit."""
         r = {}

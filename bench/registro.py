@@ -4,7 +4,8 @@ so that a stall in the latency series can be laid beside what caused it.
 
 Three samplers run in the bench's own process, outside the stack's cgroups:
 - every second: CPU of every process of the stack by role (from /proc), the
-  cgroups' throttling (cpu.stat), the machine's CPU split (steal, iowait) and
+  cgroups' throttling (cpu.stat) and their CPU and memory in use, the
+  machine's CPU split (steal, iowait) and
   pressure stall times (/proc/pressure), memory reclaim (/proc/vmstat), and
   PostgreSQL's counters: WAL written, flushes and their time, segments in
   pg_wal, checkpoints, autovacuum and autoanalyze runs, commits;
@@ -148,6 +149,14 @@ def recuperacao():
     return r
 
 
+def _cpu_ms(antes, depois):
+    """A cgroup's CPU ms between two readings; none when the counter went back
+    (Medidor.iniciar resets it), which is not CPU."""
+    if antes is None or depois is None or depois < antes:
+        return None
+    return round(1000 * (depois - antes), 1)
+
+
 def _diferenca(a, b):
     return {k: round(a[k] - b.get(k, 0), 4) for k in a}
 
@@ -198,6 +207,13 @@ class RegistroPorSegundo:
             r[nome] = (e.get("periodos_estrangulados", 0), e.get("estrangulado_s", 0.0))
         return r
 
+    def _uso(self):
+        """{component: (cgroup CPU s, memory MB)}: what the load report draws
+        against each component's quota and limit."""
+        if self.cgrupos is None or not self.cgrupos.modo:
+            return {}
+        return {nome: (self.cgrupos.cpu_s(nome), self.cgrupos.uso_mb(nome)) for nome in self.cgrupos.limites}
+
     def _por_segundo(self):
         conn = self._conectar()
         # pg_stat_wal counts the flushes' time only with this on (a clock read
@@ -216,6 +232,7 @@ class RegistroPorSegundo:
                     "vm": recuperacao(),
                     "pg": dict(zip(NOMES_PG, conn.execute(CONTADORES_PG).fetchone(), strict=True)),
                     "cg": self._cgrupos(),
+                    "uso": self._uso(),
                 }
             except Exception as e:  # noqa: BLE001 - the record must not end the run
                 self.erros.append(repr(e))
@@ -244,6 +261,13 @@ class RegistroPorSegundo:
             nome: {"periodos": n - a["cg"][nome][0], "ms": round(1000 * (t - a["cg"][nome][1]), 1)}
             for nome, (n, t) in b["cg"].items()
             if nome in a["cg"] and n > a["cg"][nome][0]
+        }
+        seg["cgrupo"] = {
+            nome: {
+                "cpu_ms": _cpu_ms(a["uso"].get(nome, (None,))[0], cpu),
+                "mem_mb": None if mb is None else round(mb, 1),
+            }
+            for nome, (cpu, mb) in b["uso"].items()
         }
 
     def _esperas(self):
@@ -315,6 +339,8 @@ class RegistroPorSegundo:
             return {
                 "inicio_epoch": self.inicio_epoch,
                 "erros": self.erros[:20],
+                # Each component's (CPUs, MB): the quota and limit its cgrupo figures are drawn against.
+                "limites": {n: list(v) for n, v in (self.cgrupos.limites if self.cgrupos else {}).items()},
                 "segundos": [self.segundos[s] for s in sorted(self.segundos)],
             }
 
