@@ -16,6 +16,9 @@ Configuration (environment):
     CREBITO_PRAZO_BANCO  seconds a call may wait for the database before it is answered 503 and
                       the connection replaced (default: no limit): a server that hangs with its
                       sockets open (a frozen machine, in the HA topology) then holds no worker
+    CREBITO_ROTEAMENTO   "citus": DATABASE_URL names every Citus worker (host=a,b port=p,q), and
+                      each worker process keeps a connection to each one and sends a client's
+                      call to the node that holds its shard (roteamento.py)
 """
 
 import ctypes
@@ -31,6 +34,8 @@ import time
 import bjoern
 import psycopg
 from psycopg import pq
+
+import roteamento
 
 log = logging.getLogger("crebito")
 
@@ -75,17 +80,19 @@ STATEMENTS = {
 OK = pq.ConnStatus.OK
 TUPLES_OK = pq.ExecStatus.TUPLES_OK
 
+
 # Calls made once per new session, before it serves: a session compiles each
 # plpgsql function and plans each of its statements on first use, several
 # milliseconds that would otherwise fall on the first requests (the official
 # test's first burst). Client 0 never exists (the schema forbids it), so they
 # change nothing; the debit and the credit plan both UPDATEs.
-AQUECIMENTO = [
-    (b"transacao", [b"0", b'{"valor": 1, "tipo": "d", "descricao": "aquecer"}', None]),
-    (b"transacao", [b"0", b'{"valor": 1, "tipo": "c", "descricao": "aquecer"}', None]),
-    (b"extrato", [b"0"]),
-    (b"confirmar", [b"0"]),
-]
+def aquecimento(cliente=b"0"):
+    return [
+        (b"transacao", [cliente, b'{"valor": 1, "tipo": "d", "descricao": "aquecer"}', None]),
+        (b"transacao", [cliente, b'{"valor": 1, "tipo": "c", "descricao": "aquecer"}', None]),
+        (b"extrato", [cliente]),
+        (b"confirmar", [cliente]),
+    ]
 
 
 class Banco:
@@ -100,8 +107,25 @@ class Banco:
         """exec_prepared, waiting at most `prazo` seconds for the answer."""
         if self.prazo is None:
             return self.pgconn.exec_prepared(nome, params, formatos)
+        self.pgconn.send_query_prepared(nome, params, formatos)
+        return self._resultado()
+
+    def consultar(self, sql):
+        """The rows (bytes) of one query outside the request path, connecting
+        first when needed; raises psycopg.Error when it cannot."""
+        if self.pgconn is None or self.pgconn.status != OK:
+            self._conectar()
+        if self.prazo is None:
+            res = self.pgconn.exec_(sql)
+        else:
+            self.pgconn.send_query(sql)
+            res = self._resultado()
+        if res.status != TUPLES_OK:
+            raise psycopg.OperationalError(res.get_error_message())
+        return [[res.get_value(i, j) for j in range(res.nfields)] for i in range(res.ntuples)]
+
+    def _resultado(self):
         pgconn = self.pgconn
-        pgconn.send_query_prepared(nome, params, formatos)
         fim = time.monotonic() + self.prazo
         while pgconn.is_busy():
             restante = fim - time.monotonic()
@@ -123,14 +147,15 @@ class Banco:
                 raise psycopg.OperationalError(res.get_error_message())
         self.pgconn = pgconn
 
-    def conectar(self):
+    def conectar(self, chamadas=None, esperar=True):
         """Connects and warms the session up when the worker starts, waiting
         as long as the database takes to answer (a first start loads the
         schema): the worker listens only then, so until it can serve, HAProxy
         finds its socket closed and sends it nothing, and no container
         healthcheck has to ask the database over and over. A reconnection
         while serving skips the warm-up, which would delay the request that
-        waits for it (and on a cluster may reach a node that is down, client 0's)."""
+        waits for it. Without `esperar`, one attempt: a node that is down is
+        connected to on its first call."""
         espera = 0.05
         while True:
             try:
@@ -139,10 +164,12 @@ class Banco:
             except psycopg.Error as e:
                 if espera == 0.05:
                     log.warning("esperando o banco: %s", str(e).strip())
+                if not esperar:
+                    return
                 time.sleep(espera)
                 espera = min(2 * espera, 1.0)
         try:
-            for nome, params in AQUECIMENTO:
+            for nome, params in chamadas or aquecimento():
                 res = self._executar(nome, params, STATEMENTS[nome][2])
                 if res.status != TUPLES_OK:
                     log.warning("aquecimento de %s falhou: %s", nome.decode(), res.get_error_message().strip())
@@ -211,7 +238,83 @@ class Banco:
         self.pgconn = None
 
 
-banco = Banco(os.environ.get("DATABASE_URL", "").encode(), float(os.environ.get("CREBITO_PRAZO_BANCO") or 0) or None)
+class Roteador:
+    """Citus: one Banco per worker node, and each call sent to the node that
+    holds its client's shard, by the map api.shards() gives (roteamento.py).
+    The map is read again every PERIODO seconds, so after a shard moves its
+    calls are back on their owner within that; meanwhile Citus forwards them
+    from the old node, which costs speed, never an answer. Without a map (no
+    node answered yet) or for a node not in DATABASE_URL, the first node that
+    is connected takes the call, and Citus forwards it."""
+
+    PERIODO = 5.0
+    SHARDS = b"select minimo, maximo, host, porta from api.shards()"
+
+    def __init__(self, conninfo, prazo):
+        self.bancos = {no: Banco(c.encode(), prazo) for no, c in roteamento.conninfos_por_no(conninfo).items()}
+        self.mapa = None
+        self.proxima_leitura = 0.0
+
+    def _ler_mapa(self):
+        """The map from the first node that gives it; False when no node
+        answered at all."""
+        self.proxima_leitura = time.monotonic() + self.PERIODO
+        for b in self.bancos.values():
+            try:
+                linhas = b.consultar(self.SHARDS)
+            except psycopg.Error as e:
+                log.warning("mapa dos shards: %s", str(e).strip())
+                if b.pgconn is None or b.pgconn.status != OK:
+                    b._descartar()
+                    continue
+                return True  # it answered, with an error: unrouted until it gives the map
+            self.mapa = roteamento.Mapa([(int(m), int(x), h.decode(), int(p)) for m, x, h, p in linhas])
+            return True
+        return False
+
+    def conectar(self):
+        """At the worker's start: waits until some node answers (for the map),
+        then warms every node up with calls for a client it holds that never
+        exists (ids are positive), so each node plans its own statements."""
+        espera = 0.05
+        while not self._ler_mapa():
+            time.sleep(espera)
+            espera = min(2 * espera, 1.0)
+        for no, b in self.bancos.items():
+            cliente = next((c for c in range(-1, -100_000, -1) if self.mapa.no(c) == no), 0)
+            b.conectar(aquecimento(str(cliente).encode()), esperar=False)
+
+    def banco(self, cliente):
+        if time.monotonic() >= self.proxima_leitura:
+            self._ler_mapa()
+        b = self.bancos.get(self.mapa.no(int(cliente))) if self.mapa else None
+        if b is None:
+            b = next((x for x in self.bancos.values() if x.pgconn is not None), None)
+        return b or next(iter(self.bancos.values()))
+
+
+class Unico:
+    """Every call to one Banco (single-node, HA, Docker)."""
+
+    def __init__(self, banco):
+        self.unico = banco
+
+    def conectar(self):
+        self.unico.conectar()
+
+    def banco(self, cliente):
+        return self.unico
+
+
+def _destinos():
+    conninfo = os.environ.get("DATABASE_URL", "")
+    prazo = float(os.environ.get("CREBITO_PRAZO_BANCO") or 0) or None
+    if os.environ.get("CREBITO_ROTEAMENTO") == "citus":
+        return Roteador(conninfo, prazo)
+    return Unico(Banco(conninfo.encode(), prazo))
+
+
+destinos = _destinos()
 
 
 def _cliente_id(texto):
@@ -240,7 +343,7 @@ def responder(environ):
     if cliente is None:
         return NAO_ENCONTRADO
     if recurso == "extrato":
-        return banco.chamar(b"extrato", [cliente], repetivel=True)
+        return destinos.banco(cliente).chamar(b"extrato", [cliente], repetivel=True)
 
     # bjoern has already read the whole body; one byte past the cap tells.
     corpo = environ["wsgi.input"].read(MAX_BODY + 1)
@@ -251,7 +354,7 @@ def responder(environ):
         chave = chave.encode()
         if b"\0" in chave:
             return CORPO_INVALIDO
-    return banco.chamar(b"transacao", [cliente, corpo, chave], repetivel=False)
+    return destinos.banco(cliente).chamar(b"transacao", [cliente, corpo, chave], repetivel=False)
 
 
 def app(environ, start_response):
@@ -307,7 +410,7 @@ def _iniciar_worker(numero, endereco):
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     _morrer_com_o_pai(pai)
-    banco.conectar()
+    destinos.conectar()
     if "{worker}" in endereco:
         # Its own socket: HAProxy then sends it a request only when it is free.
         _listen(endereco.replace("{worker}", str(numero)))

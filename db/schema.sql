@@ -111,6 +111,7 @@ select create_distributed_function('api.transacao(integer,text,text)', 'cliente'
 select create_distributed_function('api.extrato(integer)', 'cliente', colocate_with => 'crebito.cliente');
 -- The flush must reach the WAL of the node that ran the call it confirms.
 select create_distributed_function('api.confirmar(integer)', 'cliente', colocate_with => 'crebito.cliente');
+\ir functions/api.shards.sql
 \endif
 
 -- Least privilege, PostgREST style: the API role may only EXECUTE the

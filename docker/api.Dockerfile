@@ -16,7 +16,7 @@ RUN apt-get update \
     && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin crebito \
     && install -d -o 10001 -g 10001 -m 0750 /run/crebito
 COPY --from=construcao /opt/crebito /opt/crebito
-COPY server.py /opt/crebito/server.py
+COPY server.py roteamento.py /opt/crebito/
 # Numeric, so the owner of the password file (docker/senha.sh) can be read
 # from the image.
 USER 10001:10001

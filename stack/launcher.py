@@ -38,6 +38,7 @@ import glob
 import http.client
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -209,7 +210,11 @@ class Stack:
             return
         texto += f"unix_socket_directories = '{no.pgrun}'\n"
         if no.tcp:
-            texto += f"listen_addresses = '127.0.0.1'\nport = {no.porta}\nshared_preload_libraries = 'citus'\n"
+            # Citus first, as it must be, then any library the extra file
+            # asks for (pg_stat_statements, to profile a node).
+            pedidas = re.findall(r"^\s*shared_preload_libraries\s*=\s*'([^']*)'", texto, re.M)
+            bibliotecas = ",".join(["citus", *(b.strip() for b in ",".join(pedidas).split(",") if b.strip())])
+            texto += f"listen_addresses = '127.0.0.1'\nport = {no.porta}\nshared_preload_libraries = '{bibliotecas}'\n"
         self._escrever_no_cluster(no, "crebito.conf", texto)
         hba = "# Written by stack/launcher.py: the unix socket by OS user"
         if no.tcp:
@@ -326,10 +331,10 @@ class Stack:
         raise RuntimeError(f"no primary within {limite}s")
 
     def conninfo_api(self, nome):
-        """api01 -> worker 1, api02 -> worker 2 (the one worker when there is
-        one), then the other workers: any worker takes any client's call and
-        hands it to the client's node, so while one worker is down the
-        instance reconnects to another and only that worker's clients fail.
+        """Citus: every worker, api01's list from worker 1, api02's from worker
+        2. server.py sends each call to the worker that holds its client and
+        asks the first one that answers for the map; any worker would take
+        any client's call and hand it to the client's node.
         HA: both nodes' sockets, and libpq keeps the one that takes writes.
         Single-node: the cluster's socket."""
         if self.ha:
@@ -367,11 +372,8 @@ class Stack:
                 CREBITO_LISTEN=f"unix:{self.sock}/{nome}-{{worker}}.sock",
                 CREBITO_WORKERS=self.workers,
                 DATABASE_URL=f"{self.conninfo_api(nome)} application_name=crebito connect_timeout=2",
+                **topologia.ambiente_api(self.nos),
             )
-            if self.ha:
-                # A primary that hangs (a frozen machine) keeps its sockets
-                # open: no call may wait for it longer than this.
-                env["CREBITO_PRAZO_BANCO"] = "3"
             lista.append(
                 Processo(
                     nome,

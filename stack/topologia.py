@@ -114,6 +114,20 @@ def ha(lista):
     return lista[0].papel == "patroni"
 
 
+# What each topology adds to the API instances' environment, by its first
+# node's role. HA: a primary that hangs (a frozen machine) keeps its sockets
+# open, so no call may wait for it longer than this. Citus: each call to the
+# worker that holds its client (server.py's Roteador).
+AMBIENTE_API = {
+    "patroni": {"CREBITO_PRAZO_BANCO": "3"},
+    "coordenador": {"CREBITO_ROTEAMENTO": "citus"},
+}
+
+
+def ambiente_api(lista):
+    return AMBIENTE_API.get(lista[0].papel, {})
+
+
 def coordenador(lista):
     """The node that takes DDL and the audit: the coordinator, or the only node
     (HA: the first node, which may be the standby; see the launcher's primario)."""

@@ -158,11 +158,11 @@ class Stack:
 
 
 @contextlib.contextmanager
-def stack_temporaria(workers, prefixo="crebito-test-", citus_workers=0, ha=False):
+def stack_temporaria(workers, prefixo="crebito-test-", citus_workers=0, ha=False, pg_conf=None):
     """A native stack started by the launcher in a new temporary directory on a
-    free port (with `citus_workers` Citus workers, HA, or single-node); stopped and
-    removed afterwards (kept when CREBITO_MANTER=1, for a post-mortem of its
-    stack.log)."""
+    free port (with `citus_workers` Citus workers, HA, or single-node, and the
+    extra PostgreSQL settings file `pg_conf`); stopped and removed afterwards
+    (kept when CREBITO_MANTER=1, for a post-mortem of its stack.log)."""
     var = tempfile.mkdtemp(prefix=prefixo)
     os.chmod(var, 0o755)
     env = dict(
@@ -172,6 +172,7 @@ def stack_temporaria(workers, prefixo="crebito-test-", citus_workers=0, ha=False
         CREBITO_WORKERS=str(workers),
         CREBITO_CITUS_WORKERS=str(citus_workers),
         CREBITO_HA="1" if ha else "",
+        CREBITO_PG_CONF=pg_conf or "",
     )
     log = open(os.path.join(var, "stack.log"), "w")
     launcher = subprocess.Popen(

@@ -1,0 +1,192 @@
+"""Owner routing on Citus (server.py's Roteador, roteamento.py): the API sends
+each call to the worker that holds its client's shard, by a map it reads
+through api.shards(), and follows a shard that moves.
+
+The stack here is its own Citus cluster with pg_stat_statements loaded, so
+each node tells which calls it was sent: the API's statement counted on a
+node is a call the API sent there, and a call Citus forwarded from another
+node shows there under Citus's own text."""
+
+import os
+import random
+import sys
+import threading
+import time
+from collections import Counter
+
+import psycopg
+import pytest
+from conftest import RAIZ, esperar, relatar, stack_temporaria, zerar
+from test_falhas import ClienteDoBanco
+
+sys.path.insert(0, RAIZ)
+import roteamento  # noqa: E402
+import server  # noqa: E402
+
+CLIENTES = (1, 2, 3, 4, 5)
+# The API's own statements (server.py STATEMENTS), as pg_stat_statements shows them.
+DA_API = {sql.decode() for sql, _, _ in server.STATEMENTS.values()}
+
+
+@pytest.fixture(scope="module")
+def pilha():
+    conf = os.path.join(RAIZ, "bench", "pg_stat_statements.conf")
+    with stack_temporaria(2, prefixo="crebito-rota-", citus_workers=2, pg_conf=conf) as s:
+        # On the coordinator, which creates it on every worker.
+        with conectar(s) as db:
+            db.execute("create extension pg_stat_statements")
+        yield s
+
+
+def conectar(pilha, no=None, user="postgres"):
+    return psycopg.connect(pilha.dsn(user, no=no), autocommit=True)
+
+
+def workers(pilha):
+    return {n["nome"]: n["porta"] for n in pilha.nos if n["papel"] == "worker"}
+
+
+def donos(pilha):
+    """{cliente: worker name} as Citus itself places them."""
+    nome = {p: n for n, p in workers(pilha).items()}
+    with conectar(pilha) as db:
+        return {
+            c: nome[
+                db.execute(
+                    "select nodeport from citus_shards where table_name = 'crebito.cliente'::regclass"
+                    " and shardid = get_shard_id_for_distribution_column('crebito.cliente', %s)",
+                    [c],
+                ).fetchone()[0]
+            ]
+            for c in CLIENTES
+        }
+
+
+def zerar_estatisticas(pilha):
+    for no in workers(pilha):
+        with conectar(pilha, no) as db:
+            db.execute("select pg_stat_statements_reset()")
+
+
+def chamadas_por_no(pilha):
+    """{worker: Counter of statement -> calls} of the API's calls since the reset:
+    the API's own statements, and under 'repassada' every call of an api
+    function that reached the node in another text (forwarded by Citus)."""
+    resultado = {}
+    for no in workers(pilha):
+        with conectar(pilha, no) as db:
+            linhas = db.execute(
+                "select query, calls from pg_stat_statements where toplevel"
+                " and query ~ 'api\\.(transacao|extrato|confirmar)\\('"
+            ).fetchall()
+        contagem = Counter()
+        for query, calls in linhas:
+            contagem[query if query in DA_API else "repassada"] += calls
+        resultado[no] = contagem
+    return resultado
+
+
+def test_hashint4_em_python_igual_ao_do_servidor(pilha):
+    bordas = [0, 1, -1, 2, 5, 2**31 - 1, -(2**31), 2**30, -(2**30), 12345, 65535, 65536]
+    rng = random.Random(4)
+    valores = bordas + [rng.randint(-(2**31), 2**31 - 1) for _ in range(100_000)]
+    with conectar(pilha) as db:
+        servidor = db.execute(
+            "select array_agg(hashint4(v) order by i) from unnest(%s::int[]) with ordinality as u(v, i)", [valores]
+        ).fetchone()[0]
+    assert [roteamento.hashint4(v) for v in valores] == servidor
+
+
+def test_mapa_da_api_igual_a_citus_shards(pilha):
+    with conectar(pilha) as db:
+        esperado = db.execute(
+            "select s.shardminvalue::int, s.shardmaxvalue::int, c.nodename, c.nodeport from citus_shards as c"
+            " inner join pg_dist_shard as s using (shardid) where c.table_name = 'crebito.cliente'::regclass"
+            " order by 1"
+        ).fetchall()
+    # As the API reads it: its own role, on each worker.
+    for no in workers(pilha):
+        with conectar(pilha, no, "crebito_api") as api:
+            assert api.execute("select * from api.shards()").fetchall() == esperado, no
+    mapa = roteamento.Mapa(esperado)
+    porta = workers(pilha)
+    assert {c: mapa.no(c)[1] for c in CLIENTES} == {c: porta[n] for c, n in donos(pilha).items()}
+
+
+def test_cada_chamada_vai_ao_dono_do_seu_cliente(pilha):
+    zerar(pilha)
+    zerar_estatisticas(pilha)
+    dono = donos(pilha)
+    assert set(dono.values()) == set(workers(pilha)), "the contract's clients sit on both workers"
+    vezes = 20
+    for _ in range(vezes):
+        for c in CLIENTES:
+            assert pilha.transacao(c, 1, "c", "rota").status == 200
+            assert pilha.extrato(c).status == 200
+    chamadas = chamadas_por_no(pilha)
+    for no, contagem in chamadas.items():
+        meus = sum(1 for c in CLIENTES if dono[c] == no)
+        assert contagem["repassada"] == 0, (no, contagem)
+        transacao, extrato = (next(s for s in DA_API if f"api.{f}(" in s) for f in ("transacao", "extrato"))
+        assert (contagem[transacao], contagem[extrato]) == (vezes * meus, vezes * meus), (no, contagem)
+
+
+def test_shard_movido_sob_carga(pilha, pytestconfig):
+    """Client 1's shard group moves to the other worker under keyed load on
+    every client: no answer but 200/422 (and 503s, none expected), nothing lost
+    or doubled, the audit empty, and within the map's period (server.py,
+    Roteador.PERIODO) the calls for client 1 go to its new node."""
+    zerar(pilha)
+    dono = donos(pilha)
+    porta = workers(pilha)
+    origem = dono[1]
+    destino = next(n for n in porta if n != origem)
+    parar = threading.Event()
+    carga = [ClienteDoBanco(i, pilha, parar, CLIENTES) for i in range(4)]
+    for t in carga:
+        t.start()
+    try:
+        time.sleep(1)
+        with conectar(pilha) as db:
+            db.execute(
+                "select citus_move_shard_placement(get_shard_id_for_distribution_column('crebito.cliente', 1),"
+                " '127.0.0.1', %s, '127.0.0.1', %s, shard_transfer_mode => 'block_writes')",
+                [porta[origem], porta[destino]],
+            )
+        movido = time.monotonic()
+        assert donos(pilha)[1] == destino
+        time.sleep(1)
+    finally:
+        parar.set()
+        for t in carga:
+            t.join(timeout=60)
+    status = sum((c.status for c in carga), Counter())
+    assert set(status) <= {200, 422, 503}, status
+    assert not any(c.inesperadas for c in carga)
+    aceitas = {k for c in carga for k in c.aceitas}
+    with conectar(pilha) as db:
+        assert db.execute("select * from api.auditoria()").fetchall() == []
+        no_livro = Counter(
+            db.execute(
+                "select i.cliente_id, i.chave from crebito.idempotencia as i inner join crebito.transacao as t"
+                " on (t.cliente_id, t.lancamento) = (i.cliente_id, i.lancamento)"
+            ).fetchall()
+        )
+        [(linhas,)] = db.execute("select count(*) from crebito.transacao").fetchall()
+    # Each acknowledged write once, and no ledger row without its key.
+    assert all(no_livro[k] == 1 for k in aceitas), [k for k in aceitas if no_livro[k] != 1][:5]
+    assert linhas == sum(no_livro.values())
+
+    # Back on its owner once the map is read again.
+    def no_novo_dono():
+        zerar_estatisticas(pilha)
+        for _ in range(6):  # every API worker, whichever HAProxy picks
+            pilha.extrato(1)
+        return not chamadas_por_no(pilha)[origem]
+
+    assert esperar(no_novo_dono, 3 * server.Roteador.PERIODO, passo=0.5)
+    relatar(
+        pytestconfig,
+        f"cliente 1 moved from {origem} to {destino}: its calls on the new owner {time.monotonic() - movido:.1f}s"
+        f" after the move; answers under load {dict(status)}",
+    )
