@@ -14,7 +14,15 @@ picking the client of a call on a cluster:
 - `qualquer`: any client, on any worker, as api01/api02 do: a call for a
   client of the other worker is passed to it whole (delegation);
 - `dono`: each worker gets only the clients it holds, as a router that knows
-  the shard map would send them.
+  the shard map would send them;
+- `api`: any client, each call sent by the code server.py routes with
+  (roteamento.py: the map from api.shards(), hashint4 in Python), every
+  driver connection holding one session per worker.
+With `--http`, the load goes through the stack a user of `make citus` gets
+instead: wrk with the official mix (bench/mix.lua, any seeded client) against
+HAProxy and both API instances, which route each call themselves; only the
+database nodes are confined, the API and HAProxy run free, so the nodes are
+what saturates.
 The stacks take turns, round after round, so the noise of the shared machine
 falls on all of them alike.
 
@@ -22,7 +30,7 @@ Reports per stack and mode the calls per second and the CPU ms per call of all
 its database nodes (their cgroups' counters), the medians of the rounds and
 the ratios two workers : one worker and one worker : single-node.
 
-    .venv/bin/python bench/escala.py [--contas 100000] [--cpus 0.25] [-T 20] [-c 16] [--rodadas 3]
+    .venv/bin/python bench/escala.py [--contas 100000] [--cpus 0.25] [-T 20] [-c 16] [--rodadas 3] [--http]
 """
 
 import argparse
@@ -34,24 +42,58 @@ import sys
 import time
 
 import pilha
+import saturacao
 from psycopg import pq
 
+sys.path.insert(0, pilha.RAIZ)
+import roteamento  # noqa: E402
+
 # (stack, Citus workers, how a call's client is picked)
-CASOS = (("unico", 0, "qualquer"), ("citus1", 1, "qualquer"), ("citus2", 2, "qualquer"), ("citus2-dono", 2, "dono"))
+CASOS = (
+    ("unico", 0, "qualquer"),
+    ("citus1", 1, "qualquer"),
+    ("citus2", 2, "qualquer"),
+    ("citus2-dono", 2, "dono"),
+    ("citus2-api", 2, "api"),
+)
+# Through HTTP the API routes each call itself (server.py).
+CASOS_HTTP = (("unico", 0, "http"), ("citus1", 1, "http"), ("citus2", 2, "http"))
 MIX = (("debito", 220), ("credito", 110), ("extrato", 10))
 
 
-def chamar(conninfo, clientes, segundos, semente, pronto, comecar, saida):
-    """One connection calling the mix for `segundos` once `comecar` is set;
-    puts (calls, failures). Connecting, and the first calls that fill a new
-    session's caches, come before, outside what is measured."""
+def sessao(conninfo):
     conn = pq.PGconn.connect(conninfo)
     assert conn.status == pq.ConnStatus.OK, conn.get_error_message()
     conn.prepare(b"transacao", b"select status, resposta from api.transacao($1, $2)")
     conn.prepare(b"extrato", b"select status, resposta from api.extrato($1)")
+    return conn
+
+
+def roteador(conninfos):
+    """Mode `api`: a session on every node and server.py's way of picking one."""
+    conns = {porta: sessao(c) for porta, c in conninfos.items()}
+    linhas = next(iter(conns.values())).exec_(b"select minimo, maximo, host, porta from api.shards()")
+    mapa = roteamento.Mapa(
+        [[int(linhas.get_value(i, j)) if j != 2 else "" for j in range(4)] for i in range(linhas.ntuples)]
+    )
+    return lambda cliente: conns[mapa.no(int(cliente))[1]], list(conns.values())
+
+
+def chamar(conninfos, modo, clientes, segundos, semente, pronto, comecar, saida):
+    """One driver calling the mix for `segundos` once `comecar` is set;
+    puts (calls, failures). `conninfos`: {port: conninfo} of the node it
+    calls, or (mode `api`) of every node it routes between. Connecting, and
+    the first calls that fill a new session's caches, come before, outside
+    what is measured."""
+    if modo == "api":
+        conn_de, conns = roteador(conninfos)
+    else:
+        conns = [sessao(c) for c in conninfos.values()]
+        conn_de = lambda cliente: conns[0]  # noqa: E731
     aleatorio = random.Random(semente)
     for _ in range(10):
-        conn.exec_prepared(b"extrato", [str(aleatorio.choice(clientes)).encode()])
+        cliente = str(aleatorio.choice(clientes)).encode()
+        conn_de(cliente).exec_prepared(b"extrato", [cliente])
     pronto.put(True)
     comecar.wait()
     chamadas = falhas = 0
@@ -59,6 +101,7 @@ def chamar(conninfo, clientes, segundos, semente, pronto, comecar, saida):
     while time.monotonic() < fim:
         sorteio = aleatorio.randrange(sum(p for _, p in MIX))
         cliente = str(aleatorio.choice(clientes)).encode()
+        conn = conn_de(cliente)
         if sorteio < MIX[0][1] + MIX[1][1]:
             tipo = "d" if sorteio < MIX[0][1] else "c"
             valor = aleatorio.randint(1, 10000)
@@ -69,7 +112,8 @@ def chamar(conninfo, clientes, segundos, semente, pronto, comecar, saida):
         chamadas += 1
         if r.status != pq.ExecStatus.TUPLES_OK or r.get_value(0, 0) not in (b"200", b"422"):
             falhas += 1
-    conn.finish()
+    for conn in conns:
+        conn.finish()
     saida.put((chamadas, falhas))
 
 
@@ -103,17 +147,41 @@ def grupo(topologia, no):
     return f"{topologia}-{no}"
 
 
-def rodar(nome, p, cg, clientes_por_no, segundos, conexoes):
-    """The driver against each target node at once; (calls/s, CPU ms per call of
-    every node together, {node: CPUs it used on average})."""
+def conninfo(no):
+    return f"host={no['pgrun']} port={no['porta']} dbname=crebito user=postgres".encode()
+
+
+def rodar(nome, p, cg, clientes_por_no, segundos, conexoes, modo):
+    """The driver against each target node at once (or wrk against the
+    stack's HTTP port); (calls/s, CPU ms per call of every node together,
+    {node: CPUs it used on average})."""
+    nos = [n["nome"] for n in p.nos()]
+    if modo == "http":
+        antes = {no: cg.cpu_s(grupo(nome, no)) for no in nos}
+        clientes = max(next(iter(clientes_por_no.values())))
+        w = saturacao.wrk(p.url, conexoes * len(alvos(p)), segundos, 2, str(clientes))
+        chamadas = w["requisicoes"]
+        falhas = sum(w[k] for k in ("erros_status", "erros_conexao", "erros_leitura", "erros_timeout"))
+    else:
+        chamadas, falhas, antes = rodar_driver(nome, p, cg, clientes_por_no, segundos, conexoes, modo)
+    if falhas:
+        sys.exit(f"{nome}: {falhas} chamadas falharam")
+    segundos = segundos if modo != "http" else w["duracao_us"] / 1e6
+    cpus = {no: round((cg.cpu_s(grupo(nome, no)) - antes[no]) / segundos, 3) for no in nos}
+    return chamadas / segundos, 1000 * sum(cpus.values()) * segundos / chamadas, cpus
+
+
+def rodar_driver(nome, p, cg, clientes_por_no, segundos, conexoes, modo):
+    """`conexoes` driver processes per target node, started and connected
+    before the clock starts; (calls, failures, CPU seconds of each node before)."""
     nos = [n["nome"] for n in p.nos()]
     pronto, comecar, saida = multiprocessing.Queue(), multiprocessing.Event(), multiprocessing.Queue()
     procs = []
     for alvo in alvos(p):
-        conninfo = f"host={alvo['pgrun']} port={alvo['porta']} dbname=crebito user=postgres".encode()
+        destinos = {n["porta"]: conninfo(n) for n in alvos(p)} if modo == "api" else {alvo["porta"]: conninfo(alvo)}
         for i in range(conexoes):
             semente = hash((nome, alvo["nome"], i))
-            args = (conninfo, clientes_por_no[alvo["nome"]], segundos, semente, pronto, comecar, saida)
+            args = (destinos, modo, clientes_por_no[alvo["nome"]], segundos, semente, pronto, comecar, saida)
             procs.append(multiprocessing.Process(target=chamar, args=args))
     for proc in procs:
         proc.start()
@@ -124,12 +192,7 @@ def rodar(nome, p, cg, clientes_por_no, segundos, conexoes):
     resultados = [saida.get() for _ in procs]
     for proc in procs:
         proc.join()
-    chamadas = sum(c for c, _ in resultados)
-    falhas = sum(f for _, f in resultados)
-    if falhas:
-        sys.exit(f"{nome}: {falhas} chamadas falharam")
-    cpus = {no: round((cg.cpu_s(grupo(nome, no)) - antes[no]) / segundos, 3) for no in nos}
-    return chamadas / segundos, 1000 * sum(cpus.values()) * segundos / chamadas, cpus
+    return sum(c for c, _ in resultados), sum(f for _, f in resultados), antes
 
 
 def main():
@@ -140,12 +203,14 @@ def main():
     ap.add_argument("-c", "--conexoes", type=int, default=16, help="driver connections per target node")
     ap.add_argument("--rodadas", type=int, default=3)
     ap.add_argument("--aquecimento", type=int, default=5, help="seconds of unmeasured load per case first")
+    ap.add_argument("--http", action="store_true", help="wrk through HAProxy and the API instead of the driver")
     args = ap.parse_args()
+    lista = CASOS_HTTP if args.http else CASOS
 
     pilhas = {}
     cg = None
     try:
-        for pilha_nome, workers, _ in CASOS:
+        for pilha_nome, workers, _ in lista:
             if pilha_nome.split("-")[0] in pilhas:
                 continue
             p = pilhas[pilha_nome] = pilha.Pilha(citus_workers=workers)
@@ -159,10 +224,10 @@ def main():
             )
         todos = list(range(1, args.contas + 6))
         casos = {}
-        for caso, _, modo in CASOS:
+        for caso, _, modo in lista:
             p = pilhas[caso.split("-")[0]]
             mapa = donos(p, args.contas) if modo == "dono" else {n["nome"]: todos for n in alvos(p)}
-            casos[caso] = (caso.split("-")[0], p, mapa)
+            casos[caso] = (caso.split("-")[0], p, mapa, modo)
         limites = {grupo(nome, n["nome"]): (args.cpus, 2048) for nome, p in pilhas.items() for n in p.nos()}
         cg = pilha.Cgrupos(limites, nome="crebito-escala")
         if cg.modo is None:
@@ -172,14 +237,14 @@ def main():
         for nome, p in pilhas.items():
             for n in p.nos():
                 cg.mover(grupo(nome, n["nome"]), pilha.arvore(p.pid(n["nome"]), tabela))
-        for nome, p, mapa in casos.values():
-            rodar(nome, p, cg, mapa, args.aquecimento, args.conexoes)  # caches, plans
+        for nome, p, mapa, modo in casos.values():
+            rodar(nome, p, cg, mapa, args.aquecimento, args.conexoes, modo)  # caches, plans
         medidas = {caso: [] for caso in casos}
         ordem = list(casos)
         for r in range(args.rodadas):
             for caso in ordem:
-                nome, p, mapa = casos[caso]
-                por_s, ms, cpus = rodar(nome, p, cg, mapa, args.segundos, args.conexoes)
+                nome, p, mapa, modo = casos[caso]
+                por_s, ms, cpus = rodar(nome, p, cg, mapa, args.segundos, args.conexoes, modo)
                 # On a busy machine a node may get less than its quota: what it
                 # would carry at the full quota, at the CPU per call it showed.
                 na_cota = por_s * args.cpus / max(cpus[n] for n in mapa)
@@ -200,7 +265,8 @@ def main():
         return statistics.median(m[i] for m in medidas[caso])
 
     print(
-        f"\n{args.contas} contas, {args.cpus} CPU por nó, {args.conexoes} conexões por nó-alvo, "
+        f"\n{'HTTP (wrk), ' if args.http else ''}{args.contas} contas, {args.cpus} CPU por nó,"
+        f" {args.conexoes} conexões por nó-alvo, "
         f"{args.segundos}s x {args.rodadas} rodadas (medianas):"
     )
     for caso in medidas:
@@ -208,13 +274,13 @@ def main():
             f"  {caso:<12} {mediana(caso, 0):>8.1f} chamadas/s ({mediana(caso, 2):>6.1f} na cota)"
             f"  {mediana(caso, 1):.3f} ms de CPU por chamada (todos os nós)"
         )
-    for dois in ("citus2", "citus2-dono"):
+    for dois in (c for c in medidas if c.startswith("citus2")):
         for i, rotulo in ((0, "medido"), (2, "na cota")):
             razoes = [b[i] / a[i] for a, b in zip(medidas["citus1"], medidas[dois], strict=True)]
             por_rodada = ", ".join(f"{x:.2f}" for x in razoes)
             print(f"  {dois} / citus1, {rotulo}: {statistics.median(razoes):.2f}x (por rodada: {por_rodada})")
     print(f"  citus1 / unico, na cota: {mediana('citus1', 2) / mediana('unico', 2):.2f}x")
-    for caso in ("citus1", "citus2", "citus2-dono"):
+    for caso in (c for c in medidas if c != "unico"):
         print(f"  CPU por chamada, {caso} / unico: {mediana(caso, 1) / mediana('unico', 1):.2f}x")
 
 

@@ -1,6 +1,6 @@
 -- The official request mix for wrk, on keep-alive connections: debits,
 -- credits and statements in the proportion 220 : 110 : 10, a random client
--- 1..5, valor 1..10000 and a random 10-character alphanumeric descricao.
+-- 1..5 (1..N with `-- N` after the URL, for seeded clients), valor 1..10000 and a random 10-character alphanumeric descricao.
 -- A status other than 200 and 422 counts as an error: wrk alone would count
 -- every 422 (a debit refused for lack of limit, a legitimate answer) as one.
 
@@ -19,6 +19,7 @@ end
 
 function init(args)
    math.randomseed(os.time() * 1000 + id)
+   clientes = tonumber(args[1]) or 5
    erros = 0
    respostas_422 = 0
 end
@@ -34,7 +35,7 @@ end
 
 function request()
    local sorteio = math.random(340)
-   local cliente = math.random(5)
+   local cliente = math.random(clientes)
    if sorteio <= 10 then
       return wrk.format("GET", "/clientes/" .. cliente .. "/extrato", cabecalhos_get)
    end

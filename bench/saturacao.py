@@ -22,7 +22,7 @@ AQUI = os.path.dirname(os.path.abspath(__file__))
 P99_MAXIMO_MS = 250
 
 
-def wrk(url, conexoes, duracao, threads):
+def wrk(url, conexoes, duracao, threads, *args_do_mix):
     cmd = [
         "wrk",
         "-t",
@@ -36,6 +36,7 @@ def wrk(url, conexoes, duracao, threads):
         "-s",
         os.path.join(AQUI, "mix.lua"),
         url,
+        *(["--", *args_do_mix] if args_do_mix else []),
     ]
     antes = resource.getrusage(resource.RUSAGE_CHILDREN)
     r = subprocess.run(cmd, capture_output=True, text=True)

@@ -180,18 +180,24 @@ def test_sigterm_para_a_pilha_e_remove_os_cgroups(tmp_path):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the CPU quotas are cgroups, writable by root only (CI runs as root)")
-def test_escala_curta_nas_tres_pilhas():
-    """A short escala.py run: every stack and way of picking clients answers
-    without failures, the ratios are reported and no stack or cgroup is left."""
+@pytest.mark.parametrize(
+    "http, casos",
+    [(False, ("unico", "citus1", "citus2", "citus2-dono", "citus2-api")), (True, ("unico", "citus1", "citus2"))],
+    ids=["driver", "http"],
+)
+def test_escala_curta_nas_tres_pilhas(http, casos):
+    """A short escala.py run, with its own driver and through HTTP: every
+    stack and way of picking clients answers without failures, the ratios are
+    reported and no stack or cgroup is left."""
     aqui = os.path.dirname(os.path.abspath(__file__))
     escala = os.path.join(aqui, "escala.py")
     comando = [sys.executable, escala, "--contas", "200", "-T", "1", "--rodadas", "1", "-c", "2", "--aquecimento", "1"]
-    r = subprocess.run(comando, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(comando + ["--http"] * http, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
-    for caso in ("unico", "citus1", "citus2", "citus2-dono"):
+    for caso in casos:
         linha = re.search(rf"^rodada 1 {caso}\s+([\d.]+) chamadas/s", r.stdout, re.M)
         assert linha and float(linha[1]) > 0, r.stdout
-    assert re.search(r"citus2-dono / citus1, na cota: [\d.]+x", r.stdout)
+    assert re.search(rf"{casos[-1]} / citus1, na cota: [\d.]+x", r.stdout)
     assert re.search(r"CPU por chamada, citus2 / unico: [\d.]+x", r.stdout)
     assert not glob.glob("/sys/fs/cgroup/*/crebito-escala-*") + glob.glob("/sys/fs/cgroup/crebito-escala-*")
     # Each stack's data directory was removed with it.
