@@ -172,12 +172,16 @@ def rodar(nome, p, cg, clientes_por_no, segundos, conexoes, modo):
 
 
 def rodar_driver(nome, p, cg, clientes_por_no, segundos, conexoes, modo):
-    """`conexoes` driver processes per target node, started and connected
-    before the clock starts; (calls, failures, CPU seconds of each node before)."""
+    """`conexoes` driver processes per target node (mode `api`: in all),
+    started and connected before the clock starts; (calls, failures, CPU
+    seconds of each node before)."""
     nos = [n["nome"] for n in p.nos()]
     pronto, comecar, saida = multiprocessing.Queue(), multiprocessing.Event(), multiprocessing.Queue()
     procs = []
-    for alvo in alvos(p):
+    # Mode `api`: `conexoes` drivers in all, each with a session on every node,
+    # so each node has as many sessions as in the other modes, as the API's
+    # processes each hold one on every worker.
+    for alvo in alvos(p)[:1] if modo == "api" else alvos(p):
         destinos = {n["porta"]: conninfo(n) for n in alvos(p)} if modo == "api" else {alvo["porta"]: conninfo(alvo)}
         for i in range(conexoes):
             semente = hash((nome, alvo["nome"], i))
@@ -213,7 +217,10 @@ def main():
         for pilha_nome, workers, _ in lista:
             if pilha_nome.split("-")[0] in pilhas:
                 continue
-            p = pilhas[pilha_nome] = pilha.Pilha(citus_workers=workers)
+            # The driver talks to the nodes itself: one API worker per instance
+            # then, so the API's idle sessions (one per worker on every node)
+            # leave max_connections to the driver and to Citus's own.
+            p = pilhas[pilha_nome] = pilha.Pilha(citus_workers=workers, workers=None if args.http else 1)
             pilha.log(f"{pilha_nome}: iniciando a pilha em {p.var}, porta {p.porta}")
             p.iniciar(limite=180)
             subprocess.run(
