@@ -41,7 +41,7 @@ def hashint4(valor):
 
 
 class Mapa:
-    """Hash ranges to nodes: rows of (minimo, maximo, host, porta), as
+    """Hash ranges to nodes: rows of (minimo, maximo, endereco, porta), as
     api.shards() returns them, sorted by minimo."""
 
     def __init__(self, linhas):

@@ -248,7 +248,7 @@ class Roteador:
     is connected takes the call, and Citus forwards it."""
 
     PERIODO = 5.0
-    SHARDS = b"select minimo, maximo, host, porta from api.shards()"
+    SHARDS = b"select minimo, maximo, endereco, porta from api.shards()"
 
     def __init__(self, conninfo, prazo):
         self.bancos = {no: Banco(c.encode(), prazo) for no, c in roteamento.conninfos_por_no(conninfo).items()}

@@ -72,7 +72,7 @@ def sessao(conninfo):
 def roteador(conninfos):
     """Mode `api`: a session on every node and server.py's way of picking one."""
     conns = {porta: sessao(c) for porta, c in conninfos.items()}
-    linhas = next(iter(conns.values())).exec_(b"select minimo, maximo, host, porta from api.shards()")
+    linhas = next(iter(conns.values())).exec_(b"select minimo, maximo, endereco, porta from api.shards()")
     mapa = roteamento.Mapa(
         [[int(linhas.get_value(i, j)) if j != 2 else "" for j in range(4)] for i in range(linhas.ntuples)]
     )

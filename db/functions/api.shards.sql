@@ -3,7 +3,7 @@
 -- row per shard of crebito.cliente (its colocated tables share the ranges):
 -- the range of hashint4(id) it holds and the node of its active placement.
 create function api.shards()
-returns table (minimo integer, maximo integer, host text, porta integer)
+returns table (minimo integer, maximo integer, endereco text, porta integer)
 language sql
 stable
 security definer
@@ -12,7 +12,7 @@ begin atomic
     select
         s.shardminvalue::integer as minimo,
         s.shardmaxvalue::integer as maximo,
-        n.nodename::text as host,
+        n.nodename::text as endereco,
         n.nodeport as porta
     from pg_catalog.pg_dist_shard as s
     inner join pg_catalog.pg_dist_placement as p on s.shardid = p.shardid
