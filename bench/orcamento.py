@@ -13,6 +13,7 @@ pg_stat_statements (loaded through bench/pg_stat_statements.conf).
 
 import argparse
 import collections
+import http.client
 import json
 import os
 import shutil
@@ -81,6 +82,33 @@ def pg_stat_statements(p):
     return r.stdout if r.returncode == 0 else r.stderr
 
 
+class Raspador(threading.Thread):
+    """What `make observar`'s Prometheus asks of the stack, every second: each
+    metrics endpoint in <var>/metricas.json (stack/metricas.py), so a run
+    shows what the exporters add to a request."""
+
+    def __init__(self, var):
+        super().__init__(daemon=True)
+        with open(os.path.join(var, "metricas.json")) as f:
+            self.enderecos = [a["endereco"] for a in json.load(f)]
+        self.parar = threading.Event()
+        self.feitas = self.falhas = 0
+
+    def run(self):
+        while not self.parar.wait(1.0):
+            for endereco in self.enderecos:
+                host, porta = endereco.rsplit(":", 1)
+                conn = http.client.HTTPConnection(host, int(porta), timeout=5)
+                try:
+                    conn.request("GET", "/metrics")
+                    conn.getresponse().read()
+                    self.feitas += 1
+                except (OSError, http.client.HTTPException):
+                    self.falhas += 1
+                finally:
+                    conn.close()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rampa", type=float, default=120)
@@ -88,6 +116,7 @@ def main():
     ap.add_argument("--escala", type=float, default=1.0)
     ap.add_argument("--perfil", action="store_true", help="py-spy on one API worker and pg_stat_statements")
     ap.add_argument("--pisos", default=None, help="pisos.json of bench/pisos.py: each component against its floor")
+    ap.add_argument("--raspar", action="store_true", help="GET every metrics endpoint each second, as Prometheus")
     pilha.opcoes_do_orcamento(ap)
     args = ap.parse_args()
     saida = pilha.pasta_de_saida(args, "orcamento")
@@ -115,6 +144,9 @@ def main():
             t_perfil = threading.Thread(target=perfilar, daemon=True)
         gravador = registro.RegistroPorSegundo(p, pn.cgrupos)
         gravador.iniciar()
+        raspador = Raspador(p.var) if args.raspar else None
+        if raspador:
+            raspador.start()
         medidor.iniciar()
         if args.perfil:
             esperas = pilha.AmostradorEsperas(p)
@@ -137,6 +169,10 @@ def main():
         ]
         rc = subprocess.run(cmd).returncode
         medidor.parar()
+        if raspador:
+            raspador.parar.set()
+            raspador.join()
+            pilha.log(f"raspagens: {raspador.feitas} ({raspador.falhas} falharam)")
         gravado = gravador.parar()
         if args.perfil:
             perfil["esperas_do_banco"] = esperas.parar()
