@@ -26,7 +26,7 @@ class SemBanco:
         return "200 OK", [server.JSON, ("Content-Length", str(len(corpo)))], corpo
 
 
-server.banco = SemBanco()
+server.destinos = server.Unico(SemBanco())
 
 if __name__ == "__main__":
     server.main()
