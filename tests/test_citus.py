@@ -87,8 +87,9 @@ def test_cada_chamada_roda_no_no_do_seu_cliente(stack, db):
 
 
 def test_cada_api_fala_com_o_seu_worker(stack, db):
-    """api01 connects to worker 1 first, api02 to worker 2, each with the
-    other as its fallback, over TCP with the API's password file."""
+    """Each instance names both workers (api01 from worker 1, api02 from
+    worker 2: the first asked for the shard map), over TCP with the API's
+    password file, and holds sessions on both (it routes each call)."""
     portas = {n["nome"]: n["porta"] for n in stack.nos}
     for nome, primeiro, segundo in (("api01", "worker1", "worker2"), ("api02", "worker2", "worker1")):
         with open(f"/proc/{stack.pid(nome)}/environ", "rb") as f:
