@@ -181,8 +181,8 @@ def test_figuras_do_livro_batem_com_o_livro(http, db):
         figuras = livro(http)
         return figuras and all(esperado.items() <= f.items() for f in figuras.values()) and figuras
 
-    # The audit's figures are cached 5 s (stack/metricas.yml); a standby replays.
-    figuras = esperar(batem, 20, passo=0.5)
+    # The audit's figures are cached 30 s (stack/metricas.yml); a standby replays.
+    figuras = esperar(batem, 45, passo=0.5)
     assert figuras, livro(http)
     # Where the whole ledger is: not on a Citus worker.
     com_livro = {n["nome"] for n in http.nos if n["papel"] != "worker"}
