@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 import carga
 import pgbench
@@ -122,6 +123,12 @@ def piso_api(args, saida):
                 {"CREBITO_LISTEN": f"unix:{p.dir}/{inst}-{{worker}}.sock", "CREBITO_WORKERS": str(workers)},
             )
             env.update({f"CREBITO_{inst.upper()}_{w}": f"{p.dir}/{inst}-{w}.sock" for w in range(1, workers + 1)})
+        # HAProxy once every worker accepts, as the launcher starts it: a worker
+        # still starting would be answered 503 for by HAProxy, not by itself.
+        sockets = [v for k, v in env.items() if k.startswith("CREBITO_API")]
+        fim = time.monotonic() + 30
+        while not all(map(launcher.Stack._aceita, sockets)) and time.monotonic() < fim:
+            time.sleep(0.01)
         p.iniciar("haproxy", haproxy_cmd(), env)
         esperar(porta)
         url = f"http://127.0.0.1:{porta}"
