@@ -52,8 +52,11 @@ class Supervisor:
             processo.cmd, env=processo.env, start_new_session=True, cwd="/", pass_fds=processo.fds, **processo.como
         )
         self.rodando[processo.nome] = (proc, time.monotonic())
-        with open(os.path.join(self.var, f"{processo.nome}.pid"), "w") as f:
+        # Replaced whole, so a reader (a test, bench/) never finds it empty.
+        arquivo = os.path.join(self.var, f"{processo.nome}.pid")
+        with open(arquivo + ".novo", "w") as f:
             f.write(f"{proc.pid}\n")
+        os.replace(arquivo + ".novo", arquivo)
         return proc
 
     def proc(self, nome):
