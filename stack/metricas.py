@@ -24,6 +24,7 @@ import socket
 import sys
 from dataclasses import asdict, dataclass
 
+from cluster import log
 from processos import Processo
 
 RAIZ = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,10 +41,6 @@ PAPEIS_COM_LIVRO = {"unico", "coordenador", "patroni"}
 # Nodes whose process (Patroni) runs PostgreSQL detached from its own tree:
 # stack/consumo.py finds the postmaster by its data directory.
 PAPEIS_DESTACADOS = {"patroni"}
-
-
-def log(msg):
-    print(f"crebito: {msg}", file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)

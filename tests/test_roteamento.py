@@ -17,6 +17,7 @@ from collections import Counter
 import psycopg
 import pytest
 from conftest import RAIZ, esperar, relatar, stack_temporaria, zerar
+from test_citus import donos
 from test_falhas import ClienteDoBanco
 
 sys.path.insert(0, RAIZ)
@@ -46,20 +47,10 @@ def workers(pilha):
     return {n["nome"]: n["porta"] for n in pilha.nos if n["papel"] == "worker"}
 
 
-def donos(pilha):
-    """{cliente: worker name} as Citus itself places them."""
-    nome = {p: n for n, p in workers(pilha).items()}
+def _donos(pilha):
+    """test_citus.donos, through a connection to the coordinator."""
     with conectar(pilha) as db:
-        return {
-            c: nome[
-                db.execute(
-                    "select nodeport from citus_shards where table_name = 'crebito.cliente'::regclass"
-                    " and shardid = get_shard_id_for_distribution_column('crebito.cliente', %s)",
-                    [c],
-                ).fetchone()[0]
-            ]
-            for c in CLIENTES
-        }
+        return donos(pilha, db)
 
 
 def zerar_estatisticas(pilha):
@@ -110,13 +101,13 @@ def test_mapa_da_api_igual_a_citus_shards(pilha):
             assert api.execute("select * from api.shards()").fetchall() == esperado, no
     mapa = roteamento.Mapa(esperado)
     porta = workers(pilha)
-    assert {c: mapa.no(c)[1] for c in CLIENTES} == {c: porta[n] for c, n in donos(pilha).items()}
+    assert {c: mapa.no(c)[1] for c in CLIENTES} == {c: porta[n] for c, n in _donos(pilha).items()}
 
 
 def test_cada_chamada_vai_ao_dono_do_seu_cliente(pilha):
     zerar(pilha)
     zerar_estatisticas(pilha)
-    dono = donos(pilha)
+    dono = _donos(pilha)
     assert set(dono.values()) == set(workers(pilha)), "the contract's clients sit on both workers"
     vezes = 20
     for _ in range(vezes):
@@ -137,7 +128,7 @@ def test_shard_movido_sob_carga(pilha, pytestconfig):
     or doubled, the audit empty, and within the map's period (server.py,
     Roteador.PERIODO) the calls for client 1 go to its new node."""
     zerar(pilha)
-    dono = donos(pilha)
+    dono = _donos(pilha)
     porta = workers(pilha)
     origem = dono[1]
     destino = next(n for n in porta if n != origem)
@@ -154,7 +145,7 @@ def test_shard_movido_sob_carga(pilha, pytestconfig):
                 [porta[origem], porta[destino]],
             )
         movido = time.monotonic()
-        assert donos(pilha)[1] == destino
+        assert _donos(pilha)[1] == destino
         time.sleep(1)
     finally:
         parar.set()
