@@ -111,6 +111,15 @@ select create_distributed_function('api.transacao(integer,text,text)', 'cliente'
 select create_distributed_function('api.extrato(integer)', 'cliente', colocate_with => 'crebito.cliente');
 -- The flush must reach the WAL of the node that ran the call it confirms.
 select create_distributed_function('api.confirmar(integer)', 'cliente', colocate_with => 'crebito.cliente');
+-- A statement on a distributed table kept as a generic plan (PL/pgSQL's
+-- default from a session's sixth call on) makes Citus 13.2.2 plan the
+-- statement anew on the shard at every execution, and keep each of those
+-- plans until the session ends: 70 kB more per call in every API session, so
+-- gigabytes over a load test. A custom plan per call is planned once and
+-- freed at the call's end, for the same CPU (bench/RESULTADOS.md). Set on the
+-- function, it holds for the statements of the functions it calls.
+alter function api.transacao(integer, text, text) set plan_cache_mode = force_custom_plan;
+alter function api.extrato(integer) set plan_cache_mode = force_custom_plan;
 \ir functions/api.shards.sql
 \endif
 

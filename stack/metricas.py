@@ -7,8 +7,8 @@ processes of their own that Prometheus asks.
                `metricas`): frontends, backends, each worker as a server
     postgres   prometheus-postgres-exporter, one per database node, through
                the node's unix socket as `crebito_metricas` (peer, pg_monitor);
-               crebito's own figures (stack/metricas.yml) where a node sees
-               the whole ledger
+               each database's size (stack/metricas-no.yml) and crebito's own
+               figures (stack/metricas.yml) where a node sees the whole ledger
     processos  stack/consumo.py: CPU and memory of each process of the stack
 
 Each listens on 127.0.0.1 at the port its variable names (the postgres
@@ -38,6 +38,9 @@ PADROES = (
 # Whether a node's exporter asks crebito's figures (ops.metricas): a Citus
 # worker holds only some of the clients, and would run the whole audit again.
 PAPEIS_COM_LIVRO = {"unico", "coordenador", "patroni"}
+# The exporter's queries files: every node's, then crebito's (both YAML maps,
+# so the second file appended to the first is one map).
+QUERIES = ("metricas-no.yml", "metricas.yml")
 # Nodes whose process (Patroni) runs PostgreSQL detached from its own tree:
 # stack/consumo.py finds the postmaster by its data directory.
 PAPEIS_DESTACADOS = {"patroni"}
@@ -90,13 +93,18 @@ def escolher(var, nos):
     with open(arquivo(var), "w") as f:
         json.dump([asdict(a) for a in alvos], f, indent=1)
     # The exporters read their queries beside the data, not in the project
-    # (which their user may not reach, e.g. a clone under /root).
-    shutil.copyfile(os.path.join(RAIZ, "stack", "metricas.yml"), consultas(var))
+    # (which their user may not reach, e.g. a clone under /root): every node's
+    # own, and those followed by crebito's for the nodes that see the ledger.
+    for com_livro in (False, True):
+        with open(consultas(var, com_livro), "w") as f:
+            for nome in QUERIES[: 1 + com_livro]:
+                with open(os.path.join(RAIZ, "stack", nome)) as origem:
+                    f.write(origem.read())
     return alvos
 
 
-def consultas(var):
-    return os.path.join(var, "metricas.yml")
+def consultas(var, com_livro):
+    return os.path.join(var, QUERIES[com_livro])
 
 
 def escutar(endereco):
@@ -134,12 +142,11 @@ def processos(alvos, nos, var, nomes, como, usuario):
     for alvo in alvos:
         if alvo.job == "postgres":
             no = por_nome[alvo.no]
-            # pg_settings is the costliest of its default queries (about 4 ms of
-            # the database's CPU per scrape) and changes only on a reload.
+            # pg_settings (about 4 ms of the database's CPU per scrape) changes
+            # only on a reload; the database sizes come from metricas-no.yml.
             cmd = [EXPORTADOR_PG, f"--web.listen-address={alvo.endereco}", "--log.level=warn"]
-            cmd.append("--disable-settings-metrics")
-            if no.papel in PAPEIS_COM_LIVRO:
-                cmd.append(f"--extend.query-path={consultas(var)}")
+            cmd += ["--disable-settings-metrics", "--no-collector.database"]
+            cmd.append(f"--extend.query-path={consultas(var, no.papel in PAPEIS_COM_LIVRO)}")
             # The node's socket, by OS user (peer): no password to keep.
             dsn = f"host={no.pgrun} port={no.porta} dbname=crebito user=crebito_metricas sslmode=disable"
             env = dict(os.environ, DATA_SOURCE_NAME=dsn)

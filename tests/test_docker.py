@@ -526,6 +526,9 @@ def test_metricas_do_haproxy_e_do_postgres(http):
     assert esperar(lambda: soma(postgres, "crebito_lancamentos") == 10, 30, passo=0.5)
     assert soma(postgres, "crebito_clientes") == 5
     assert soma(postgres, "pg_stat_database_xact_commit", datname="crebito") >= 10
+    # The size asked every 30 s (stack/metricas-no.yml), not by the collector.
+    assert soma(postgres, "pg_database_size_bytes", datname="crebito") > 1e6
+    assert soma(postgres, "pg_scrape_collector_success", collector="database") is None
     for servico in OBSERVACAO:
         info = http.projeto.inspecionar(servico)
         assert info["HostConfig"]["NetworkMode"] == "host", servico

@@ -147,6 +147,17 @@ def test_postgres_conta_os_commits(http):
     assert esperar(lambda: commits(http) - antes >= aceitas, 30, passo=0.5), (commits(http) - antes, aceitas)
 
 
+def test_tamanho_de_cada_banco(stack):
+    """Each node's exporter gives its databases' sizes under the name the
+    exporter's own collector uses, though that collector, which measures them
+    on every scrape, is off (stack/metricas-no.yml asks every 30 s)."""
+    for alvo in alvos(stack, "postgres"):
+        assert esperar(lambda a=alvo: soma(a.endereco, "pg_up") == 1, 60, passo=0.5), alvo
+        assert soma(alvo.endereco, "pg_database_size_bytes", datname="crebito") > 1e6, alvo
+        assert soma(alvo.endereco, "pg_scrape_collector_success", collector="bgwriter") == 1, alvo
+        assert soma(alvo.endereco, "pg_scrape_collector_success", collector="database") is None, alvo
+
+
 def livro(stack):
     """The crebito_* series of the exporters that carry them."""
     figuras = {}
