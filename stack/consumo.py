@@ -9,7 +9,11 @@ are those of its whole tree (an API instance's master and workers, the
 postmaster and its backends), with the label `processo` (Prometheus keeps
 `instance` for the target it scraped). With `=<pgdata>`, also the tree of the
 postmaster of that data directory, which the process runs but detaches (an HA
-node's Patroni):
+node's Patroni). A name with <var>/<name>.cgroup instead (docker/projeto.py
+writes one per container) holds a cgroup directory: its figures are those of
+every process in that group, read from its cgroup.procs on each scrape, so a
+restarted container's new processes are found (the engine puts them in the
+same group: its path is the container's id):
 
     process_cpu_seconds_total              user and system CPU, reaped children included
     process_resident_memory_bytes          sum of the tree's resident sets (shared pages once per process)
@@ -81,22 +85,38 @@ def _postmaster(pgdata, conhecido):
 POSTMASTERS = {}  # pgdata -> pid last found
 
 
+def do_grupo(var, nome):
+    """Every process of the cgroup <var>/<nome>.cgroup names ([] when there is
+    none, or the group is gone: a container stopped)."""
+    try:
+        with open(os.path.join(var, f"{nome}.cgroup")) as f, open(os.path.join(f.read().strip(), "cgroup.procs")) as g:
+            return [int(p) for p in g.read().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def da_arvore(var, nome, pgdata):
+    """The tree of the process <var>/<nome>.pid names, and of the postmaster
+    on pgdata when given ([] when none is recorded)."""
+    try:
+        with open(os.path.join(var, f"{nome}.pid")) as f:
+            raizes = [int(f.read())]
+    except (OSError, ValueError):
+        return []
+    if pgdata:
+        POSTMASTERS[pgdata] = _postmaster(pgdata, POSTMASTERS.get(pgdata))
+        if POSTMASTERS[pgdata] and POSTMASTERS[pgdata] not in arvore(raizes[0]):
+            raizes.append(POSTMASTERS[pgdata])
+    return [p for raiz in raizes for p in arvore(raiz)]
+
+
 def figuras(var, nomes):
     """{nome: (cpu, rss, private, processes)} of each recorded process that is running."""
     resultado = {}
     for item in nomes:
         nome, _, pgdata = item.partition("=")
-        try:
-            with open(os.path.join(var, f"{nome}.pid")) as f:
-                raizes = [int(f.read())]
-        except (OSError, ValueError):
-            continue
-        if pgdata:
-            POSTMASTERS[pgdata] = _postmaster(pgdata, POSTMASTERS.get(pgdata))
-            if POSTMASTERS[pgdata] and POSTMASTERS[pgdata] not in arvore(raizes[0]):
-                raizes.append(POSTMASTERS[pgdata])
         soma, quantos = [0.0, 0, 0], 0
-        for pid in (p for raiz in raizes for p in arvore(raiz)):
+        for pid in da_arvore(var, nome, pgdata) or do_grupo(var, nome):
             try:
                 medida = medir(pid)
             except (OSError, ValueError, IndexError):
@@ -147,7 +167,10 @@ def main():
         os.setgroups([])
         os.setgid(info.pw_gid)
         os.setuid(info.pw_uid)
-    escuta.serve_forever()
+    try:
+        escuta.serve_forever()
+    except KeyboardInterrupt:
+        pass  # Ctrl-C reaches it with `make docker`, which runs it in its own process group
 
 
 if __name__ == "__main__":

@@ -14,9 +14,11 @@ processes of their own that Prometheus asks.
 Each listens on 127.0.0.1 at the port its variable names (the postgres
 exporters from that port on, one per node), or at a free port when that one
 is taken (a second stack on the machine, a test); the addresses in use are
-recorded in <var>/metricas.json, where `make observar` finds them.
+recorded in <var>/metricas.json, where `make observar` finds them. A compose
+project's (docker/projeto.py) are recorded the same way, in pasta_docker(name).
 """
 
+import fcntl
 import json
 import os
 import shutil
@@ -90,8 +92,7 @@ def escolher(var, nos):
             log(f"metrics: {EXPORTADOR_PG} is not installed (bash stack/install.sh); PostgreSQL's are off")
         else:
             alvos += [Alvo(job, _endereco(job, host, int(porta) + i), no.nome) for i, no in enumerate(nos)]
-    with open(arquivo(var), "w") as f:
-        json.dump([asdict(a) for a in alvos], f, indent=1)
+    gravar(var, alvos)
     # The exporters read their queries beside the data, not in the project
     # (which their user may not reach, e.g. a clone under /root): every node's
     # own, and those followed by crebito's for the nodes that see the ledger.
@@ -101,6 +102,57 @@ def escolher(var, nos):
                 with open(os.path.join(RAIZ, "stack", nome)) as origem:
                     f.write(origem.read())
     return alvos
+
+
+def gravar(var, alvos):
+    with open(arquivo(var), "w") as f:
+        json.dump([asdict(a) for a in alvos], f, indent=1)
+
+
+# Held (flock) while a stack runs with a data directory: the launcher's lock
+# (stack/launcher.py's travar), which docker/projeto.py takes too in its own.
+TRAVA = "launcher.lock"
+
+
+def rodando(var):
+    """Whether a stack holds var's lock."""
+    try:
+        with open(os.path.join(var, TRAVA)) as trava:
+            fcntl.flock(trava, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except FileNotFoundError:
+        pass
+    return False
+
+
+def pasta_docker(projeto):
+    """Where docker/projeto.py records a compose project's endpoints and the
+    files its processes exporter reads: beside the native stack's data, so
+    whoever may enter that (the exporter's user) may enter this too."""
+    import launcher  # imports this module: asked only here
+
+    return os.path.join(launcher.var_padrao(), "docker", projeto)
+
+
+def pastas():
+    """Where a stack's endpoints may be recorded, in the order they are
+    looked for: CREBITO_VAR's alone when it is set, else the native stack's
+    default data directory and the default compose project's folder."""
+    if os.environ.get("CREBITO_VAR"):
+        return [os.path.abspath(os.environ["CREBITO_VAR"])]
+    import launcher
+
+    projeto = os.environ.get("COMPOSE_PROJECT_NAME") or os.path.basename(RAIZ)
+    return [launcher.var_padrao(), pasta_docker(projeto)]
+
+
+def procurar():
+    """The folder of the running stack (the first of pastas() whose lock is
+    held), else the first with a metricas.json, else the first."""
+    candidatas = pastas()
+    com_arquivo = [p for p in candidatas if os.path.exists(arquivo(p))]
+    return next((p for p in com_arquivo if rodando(p)), (com_arquivo or candidatas)[0])
 
 
 def consultas(var, com_livro):

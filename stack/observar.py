@@ -5,12 +5,16 @@ second, so a person graphs any series during a load test on its web page
 Ctrl-C stops it. Its configuration and data live under <var>/prometheus/, kept
 for a day (or until 2 GB): long enough to look at a run afterwards.
 
+Beside a compose project too (`make docker`): docker/projeto.py records its
+endpoints the same way, in its own folder (stack/metricas.py's pasta_docker).
+
 Environment:
-    CREBITO_VAR          the stack's data directory (default: the launcher's)
+    CREBITO_VAR          the stack's data directory, or a compose project's
+                         folder (default: the running one of the launcher's
+                         and the default compose project's)
     CREBITO_PROMETHEUS   where Prometheus listens (default 127.0.0.1:9090)
 """
 
-import fcntl
 import json
 import os
 import pwd
@@ -19,7 +23,6 @@ import signal
 import subprocess
 import sys
 
-import launcher
 import metricas
 
 # The Debian package's own user: Prometheus never runs as root.
@@ -29,18 +32,6 @@ RETENCAO = ("--storage.tsdb.retention.time=1d", "--storage.tsdb.retention.size=2
 
 def log(msg):
     print(f"crebito: {msg}", file=sys.stderr, flush=True)
-
-
-def stack_rodando(var):
-    """Whether a launcher holds var's lock (stack/launcher.py's travar)."""
-    try:
-        with open(os.path.join(var, "launcher.lock")) as trava:
-            fcntl.flock(trava, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except FileNotFoundError:
-        pass
-    return False
 
 
 def configuracao(alvos):
@@ -74,15 +65,15 @@ def preparar(var, alvos):
 
 
 def main():
-    var = os.path.abspath(os.environ.get("CREBITO_VAR") or launcher.var_padrao())
+    var = metricas.procurar()
     endereco = os.environ.get("CREBITO_PROMETHEUS", "127.0.0.1:9090")
     if shutil.which("prometheus") is None:
         sys.exit("crebito: Prometheus is not installed; run `bash stack/install.sh` (apt-get install prometheus)")
     try:
         alvos = metricas.ler(var)
     except FileNotFoundError:
-        sys.exit(f"crebito: no stack has run in {var}; start one first (make run, make citus, make ha)")
-    if not stack_rodando(var):
+        sys.exit(f"crebito: no stack has run in {var}; start one first (make run, make citus, make ha, make docker)")
+    if not metricas.rodando(var):
         # The endpoints are those of its last start: they answer once it runs again on the same ports.
         log(f"no stack is running in {var}; its endpoints show as down until one does")
     pasta, arquivo, como = preparar(var, alvos)
