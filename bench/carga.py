@@ -12,6 +12,16 @@ and a self-contained HTML report.
 
 Validation expects a database at its initial state (`make reset`): the first
 phase checks that 25 debits of 1 leave client 1 at saldo -25.
+
+Run alone (not by orcamento.py or perfil.py, which keep bench/registro.py's
+record), it reads every second the stack's processes exporter
+(stack/consumo.py, the `processos` endpoint of its metricas.json) and keeps
+each component's CPU and memory in registro.json, the record's format, which
+the report draws against compose.yml's limits. `--metricas` names the
+exporter (host:port), or `nenhum`; by default (`auto`) it is the one of the
+running stack (CREBITO_VAR's, else `make run`'s or `make docker`'s) whose
+HAProxy counts a request sent to --url, so a stack other than the one under
+load is never read.
 """
 
 import argparse
@@ -22,10 +32,17 @@ import math
 import os
 import random
 import string
+import sys
+import threading
 import time
 import urllib.parse
+import urllib.request
 
+import pilha
 import relatorio
+
+sys.path.insert(0, os.path.join(pilha.RAIZ, "stack"))
+import metricas  # noqa: E402
 
 USER_AGENT = "Agente do Caos - 2024/Q1"
 LIMITES = {1: 100000, 2: 80000, 3: 1000000, 4: 10000000, 5: 500000}
@@ -450,6 +467,135 @@ def tempos_de_chegada(inicial, final, rampa, plato):
     return tempos
 
 
+# -- the stack's processes, from its exporter ----------------------------------------
+
+
+def _series(endereco, nome):
+    """{label processo: value} of nome in a Prometheus text exposition."""
+    with urllib.request.urlopen(f"http://{endereco}/metrics", timeout=2) as r:
+        texto = r.read().decode()
+    valores = {}
+    for linha in texto.splitlines():
+        if linha.startswith(nome + "{"):
+            rotulos, valor = linha[len(nome) + 1 :].rsplit("} ", 1)
+            rotulo = dict(par.split("=", 1) for par in rotulos.split(","))
+            if "processo" in rotulo:
+                valores[rotulo["processo"].strip('"')] = float(valor)
+    return valores
+
+
+def _serve(alvos, url):
+    """Whether the HAProxy of alvos is the one answering url: its request
+    counter moves with one GET sent there."""
+    haproxy = metricas.endereco(alvos, "haproxy")
+
+    def contador():
+        with urllib.request.urlopen(f"http://{haproxy}/metrics", timeout=2) as r:
+            linhas = r.read().decode().splitlines()
+        return sum(
+            float(linha.rsplit(" ", 1)[1])
+            for linha in linhas
+            if linha.startswith("haproxy_frontend_http_requests_total{") and 'proxy="crebito"' in linha
+        )
+
+    try:
+        antes = contador()
+        urllib.request.urlopen(f"{url.rstrip('/')}/clientes/1/extrato", timeout=2).close()
+        return contador() > antes
+    except (OSError, ValueError):
+        return False
+
+
+def exportador_de_processos(opcao, url):
+    """The processes exporter's host:port to read during the run, or None."""
+    if opcao != "auto":
+        return None if opcao == "nenhum" else opcao
+    for pasta in metricas.pastas():
+        try:
+            alvos = metricas.ler(pasta)
+        except (OSError, ValueError):
+            continue
+        if metricas.rodando(pasta) and any(a.job == "processos" for a in alvos) and _serve(alvos, url):
+            return metricas.endereco(alvos, "processos")
+    return None
+
+
+class Consumo:
+    """Each second, from the processes exporter, each component's CPU and
+    memory, as bench/registro.py records them (`segundos[].cgrupo`, `limites`)
+    so the report draws them as it draws that record: CPU as a share of the
+    component's quota, memory (the processes' private resident memory: their
+    own pages, each counted once) against its limit."""
+
+    CPU = "process_cpu_seconds_total"
+    MEMORIA = "process_resident_private_memory_bytes"
+
+    def __init__(self, endereco):
+        self.endereco = endereco
+        self.limites = pilha.orcamento()[0]
+        self.segundos = []
+        self.erros = []
+        self._parar = threading.Event()
+        self._thread = None
+
+    def _ler(self):
+        """{component: (CPU s, memory MB)}: a compose service's name (db) as
+        the component it is (postgres); processes outside the budget left out."""
+        cpu, memoria = _series(self.endereco, self.CPU), _series(self.endereco, self.MEMORIA)
+        return {
+            pilha.SERVICO_COMPOSE[nome]: (segundos, memoria.get(nome, 0) / 2**20)
+            for nome, segundos in cpu.items()
+            if nome in pilha.SERVICO_COMPOSE
+        }
+
+    def _amostrar(self):
+        anterior = None
+        while True:
+            try:
+                atual = self._ler()
+            except (OSError, ValueError) as e:
+                self.erros.append(repr(e))
+                atual = None
+            if atual is not None and anterior is not None:
+                s = int(time.monotonic() - 0.5 - self.t0)
+                self.segundos.append(
+                    {
+                        "s": s,
+                        "cgrupo": {
+                            # A counter that went back is a restarted process, not CPU.
+                            nome: {
+                                "cpu_ms": round(1000 * (cpu - anterior[nome][0]), 1)
+                                if nome in anterior and cpu >= anterior[nome][0]
+                                else None,
+                                "mem_mb": round(mb, 1),
+                            }
+                            for nome, (cpu, mb) in atual.items()
+                        },
+                    }
+                )
+            anterior = atual if atual is not None else anterior
+            if self._parar.wait(1.0 - (time.monotonic() - self.t0) % 1.0):
+                break
+
+    def iniciar(self):
+        self.t0 = time.monotonic()
+        self.inicio_epoch = time.time()
+        self._thread = threading.Thread(target=self._amostrar, daemon=True)
+        self._thread.start()
+
+    def parar(self):
+        self._parar.set()
+        self._thread.join(timeout=5)
+        return {
+            "inicio_epoch": self.inicio_epoch,
+            "fonte": f"http://{self.endereco}/metrics (stack/consumo.py)",
+            "memoria": "memória residente privada dos processos",
+            "erros": self.erros[:20],
+            "limites": {n: list(v) for n, v in self.limites.items()},
+            "segundos": self.segundos,
+        }
+
+
 # -- figures ----------------------------------------------------------------------
 
 
@@ -601,6 +747,11 @@ def main(argv=None):
     ap.add_argument("--saida", default=None, help="directory for carga.json and relatorio.html")
     ap.add_argument("--intervalo", type=float, default=5, help="seconds between progress lines")
     ap.add_argument("--semente", type=int, default=None, help="random seed, for a repeatable mix")
+    ap.add_argument(
+        "--metricas",
+        default="auto",
+        help="the stack's processes exporter (host:port) read every second, `nenhum`, or `auto` (see above)",
+    )
     args = ap.parse_args(argv)
     if args.semente is not None:
         random.seed(args.semente)
@@ -610,6 +761,11 @@ def main(argv=None):
     os.makedirs(saida, exist_ok=True)
 
     carga = Carga(args)
+    endereco = exportador_de_processos(args.metricas, args.url)
+    consumo = Consumo(endereco) if endereco else None
+    if consumo is not None:
+        print(f"CPU e memória de cada componente: http://{endereco}/metrics a cada segundo", flush=True)
+        consumo.iniciar()
     cpu0, t0 = os.times(), time.monotonic()
     # The cyclic collector stays off while requests are timed: its full passes
     # over tens of thousands of records paused this process for up to ~10 ms
@@ -620,6 +776,7 @@ def main(argv=None):
     finally:
         gc.enable()
     cpu1, duracao = os.times(), time.monotonic() - t0
+    gravado = consumo.parar() if consumo is not None else None
     cpu_s = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
     cpu_carga = {"cpu_s": round(cpu_s, 2), "pct_de_um_nucleo": round(100 * cpu_s / duracao, 1)}
 
@@ -636,7 +793,11 @@ def main(argv=None):
     print(f"CPU da própria carga: {cpu_s:.1f} s em {duracao:.0f} s ({cpu_carga['pct_de_um_nucleo']}% de um núcleo)")
     with open(os.path.join(saida, "carga.json"), "w") as f:
         json.dump(resumo, f, indent=1, ensure_ascii=False)
-    relatorio.escrever(saida, resumo)
+    if gravado is not None:
+        # Where relatorio.py looks for the record when it draws this folder again.
+        with open(os.path.join(saida, "registro.json"), "w") as f:
+            json.dump(gravado, f, indent=1, ensure_ascii=False)
+    relatorio.escrever(saida, resumo, gravado)
     print(f"figuras em {saida}/carga.json, relatório em {saida}/relatorio.html, tabela em resumo.json e resumo.md")
     return resumo
 

@@ -2,7 +2,8 @@
 SVG charts, no external assets, so the file can be archived or mailed as is.
 
 With the per-second record of bench/registro.py (orcamento.py and perfil.py
-keep one), the report also draws, on the latency's time axis, each
+keep one; carga.py alone, each component's CPU and memory from the stack's
+processes exporter), the report also draws, on the latency's time axis, each
 component's CPU against its quota, its memory against its limit, and the
 database's active sessions and lock waits. Flame graphs found beside the
 report (chamas-*.svg, from perfil.py) are linked from it. Beside it too:
@@ -101,9 +102,13 @@ def graficos_do_registro(gravado, inicio_epoch, x_max):
     cpu = {rotulo(n, 0, "CPU"): s for n, s in sorted(cpu.items())}
     memoria = {rotulo(n, 1, "MB"): s for n, s in sorted(memoria.items())}
     eixo_cpu = "% da cota de CPU" if limites else "% de um núcleo"
+    # carga.py alone records, from the processes exporter, the processes' own memory.
+    fonte_memoria = gravado.get("memoria", "cgroup")
     return [
         svg.linhas("cpu", "CPU de cada componente", cpu, eixo_cpu, x_max, referencia=100),
-        svg.linhas("memoria", "Memória de cada componente (cgroup)", memoria, "% do limite", x_max, referencia=100),
+        svg.linhas(
+            "memoria", f"Memória de cada componente ({fonte_memoria})", memoria, "% do limite", x_max, referencia=100
+        ),
         svg.linhas("sessoes", "Sessões do PostgreSQL (média no segundo)", sessoes, "sessões", x_max),
     ]
 
@@ -128,7 +133,8 @@ def gerar(resumo, gravado=None, chamas=()):
     else:
         no_tempo.append(
             '<p class="sem-registro">Sem registro por segundo (registro.json): CPU, memória e sessões do banco'
-            " aparecem quando a carga roda por bench/orcamento.py ou bench/perfil.py.</p>"
+            " aparecem quando a carga roda por bench/orcamento.py ou bench/perfil.py, ou sozinha ao lado do"
+            " exportador de processos da pilha (carga.py --metricas).</p>"
         )
     distribuicoes = []
     for g in GRUPOS:

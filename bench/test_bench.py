@@ -150,6 +150,46 @@ def test_carga_curta_contra_a_pilha_real(tmp_path):
     assert not any(x in html for x in ("src=", "href=", "<link", "@import"))
 
 
+def test_carga_sozinha_desenha_cpu_e_memoria_de_cada_componente(tmp_path, monkeypatch):
+    """carga.py run alone, beside a stack it finds (CREBITO_VAR's), reads that
+    stack's processes exporter every second: each component's CPU and memory
+    go into registro.json, against compose.yml's limits, and into the report."""
+    p = pilha.Pilha()
+    try:
+        p.iniciar()
+        monkeypatch.setenv("CREBITO_VAR", p.var)
+        args = ["--url", p.url, "--escala", "0.2", "--rampa", "3", "--platô", "3", "--saida", str(tmp_path)]
+        carga.main(args)
+        curta = ["--escala", "0.2", "--rampa", "1", "--platô", "1", "--intervalo", "60"]
+        nenhum = tmp_path / "nenhum"
+        carga.main(["--url", p.url, *curta, "--saida", str(nenhum), "--metricas", "nenhum"])
+        # A stack's exporter is read only under load through its own HAProxy.
+        outra = tmp_path / "outra"
+        carga.main(["--url", f"http://127.0.0.1:{pilha.porta_livre()}", *curta, "--saida", str(outra)])
+    finally:
+        p.parar()
+    with open(tmp_path / "registro.json") as f:
+        gravado = json.load(f)
+    limites, _ = pilha.orcamento()
+    assert gravado["limites"] == {n: list(v) for n, v in limites.items()}
+    segundos = gravado["segundos"]
+    assert len(segundos) >= 5, segundos
+    for componente in pilha.COMPONENTES:
+        assert all(0 < s["cgrupo"][componente]["mem_mb"] < limites[componente][1] for s in segundos), componente
+    cpu = {c: sum(s["cgrupo"][c]["cpu_ms"] or 0 for s in segundos) for c in pilha.COMPONENTES}
+    assert cpu["postgres"] > 0 and cpu["api01"] + cpu["api02"] > 0, cpu
+    html = (tmp_path / "relatorio.html").read_text()
+    assert 'class="sem-registro"' not in html
+    for grafico in ("cpu", "memoria"):
+        trecho = html.split(f'id="{grafico}"', 1)[1].split("</svg>", 1)[0]
+        assert trecho.count("<polyline") == len(pilha.COMPONENTES), grafico
+        for componente in pilha.COMPONENTES:
+            assert f">{componente} (" in trecho, (grafico, componente)
+    for pasta in (nenhum, outra):
+        assert not (pasta / "registro.json").exists(), pasta
+        assert 'class="sem-registro"' in (pasta / "relatorio.html").read_text(), pasta
+
+
 def test_sigterm_para_a_pilha_e_remove_os_cgroups(tmp_path):
     """A tool stopped with SIGTERM mid-run stops its stack and leaves no cgroup behind."""
     aqui = os.path.dirname(os.path.abspath(__file__))
