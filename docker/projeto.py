@@ -12,29 +12,41 @@ private one is started, see docker/motor.py), CREBITO_DOCKER_DADOS (that
 private engine's folder, default /var/lib/crebito-docker), COMPOSE_PROJECT_NAME,
 CREBITO_PORT (host port, default 9999), CREBITO_TAG (image tag, default
 latest), CREBITO_SENHA_API (the password file, default in ~/.config/crebito),
-CREBITO_METRICAS_HAPROXY and CREBITO_METRICAS_POSTGRES (where the metrics
-endpoints listen, on the host's loopback: 127.0.0.1:8404 and :9187, or a free
-port when taken), COMPOSE_PROFILES (default `metricas`: with PostgreSQL's
-exporter).
+CREBITO_METRICAS_HAPROXY, CREBITO_METRICAS_POSTGRES and
+CREBITO_METRICAS_PROCESSOS (where the metrics endpoints listen, on the host's
+loopback: 127.0.0.1:8404, :9187 and :9256, or a free port when taken),
+COMPOSE_PROFILES (default `metricas`: with PostgreSQL's exporter and each
+container's CPU and memory).
+
+The endpoints are recorded in <the launcher's data directory>/docker/<project>/
+metricas.json, as a native stack's, where `make observar` finds them.
 """
 
+import fcntl
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 
 import motor
 
 RAIZ = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(RAIZ, "stack"))
+import metricas  # noqa: E402
+
 COMPOSE = os.path.join(RAIZ, "compose.yml")
 IMAGENS = ("db", "api", "haproxy", "metricas")
 # The challenge's stack, within its budget; and what observes it (compose.yml's profile `metricas`).
 SERVICOS = ("db", "api01", "api02", "haproxy")
 OBSERVACAO = ("metricas-db",)
 # Where each metrics endpoint listens on the host's loopback, unless taken.
-METRICAS = {"CREBITO_METRICAS_HAPROXY": 8404, "CREBITO_METRICAS_POSTGRES": 9187}
+METRICAS = {"CREBITO_METRICAS_HAPROXY": 8404, "CREBITO_METRICAS_POSTGRES": 9187, "CREBITO_METRICAS_PROCESSOS": 9256}
+# Who the processes exporter runs as once bound, when started as root: it reads
+# only what any user may read (/proc/<pid>/stat and statm, cgroup.procs).
+USUARIO_CONSUMO = "nobody"
 
 
 def comando_compose(env=None):
@@ -58,6 +70,24 @@ def _porta_de_metricas(porta):
         return f"127.0.0.1:{s.getsockname()[1]}"
 
 
+def cgrupo(pid):
+    """The cgroup directory whose cgroup.procs lists pid's container's
+    processes: v1's memory hierarchy, or the unified one."""
+    with open(f"/proc/{pid}/cgroup") as f:
+        linhas = [linha.rstrip("\n").split(":", 2) for linha in f]
+    for _, controladores, caminho in linhas:
+        if "memory" in controladores.split(","):
+            return f"/sys/fs/cgroup/memory{caminho}"
+    return "/sys/fs/cgroup" + next(caminho for n, _, caminho in linhas if n == "0")
+
+
+def _substituir(caminho, texto):
+    """Replaces the file whole: the exporter never reads it half written."""
+    with open(caminho + ".novo", "w") as f:
+        f.write(texto)
+    os.replace(caminho + ".novo", caminho)
+
+
 def _rodar_ate_o_fim(cmd, **kw):
     """Runs cmd in a process group of its own; when interrupted, passes a
     SIGTERM to that whole group and waits for it, so the command's own cleanup
@@ -78,7 +108,7 @@ def _rodar_ate_o_fim(cmd, **kw):
 
 
 class Projeto:
-    def __init__(self, env, nome=None, porta=None, tag=None, senha=None):
+    def __init__(self, env, nome=None, porta=None, tag=None, senha=None, pasta=None):
         self.env = dict(env)
         if nome:
             self.env["COMPOSE_PROJECT_NAME"] = nome
@@ -96,6 +126,16 @@ class Projeto:
         self.porta = int(self.env.get("CREBITO_PORT", "9999"))
         self.tag = self.env.get("CREBITO_TAG", "latest")
         self.compose_cmd = comando_compose(self.env)
+        # Where this project's endpoints are recorded (metricas.json), with the
+        # files its processes exporter reads.
+        self.pasta = pasta or metricas.pasta_docker(self.nome)
+        self.consumo = None
+        self._trava = None
+
+    @property
+    def observado(self):
+        """Whether the profile `metricas` is on: the exporters apart from HAProxy's."""
+        return "metricas" in self.env.get("COMPOSE_PROFILES", "").split(",")
 
     def compose(self, *args, **kw):
         kw.setdefault("check", True)
@@ -173,6 +213,64 @@ class Projeto:
         """The host pid of the container's first process (0 when stopped)."""
         return self.inspecionar(servico)["State"]["Pid"]
 
+    def observar(self):
+        """Records the endpoints in self.pasta and, with the profile
+        `metricas`, starts the processes exporter (stack/consumo.py) for every
+        container, the exporters' included; the containers must be up.
+
+        A process on the host, not a compose service: which container is which
+        service only the engine knows, and asking it takes its socket, which
+        is root. Here the engine is asked once, as whoever runs compose, for
+        each container's cgroup, written to <service>.cgroup; the exporter
+        (as nobody once bound, when started by root) reads on each scrape the
+        processes in each group. The group is named by the container's id, which a restart
+        keeps: a restarted container's new pids are in it, with no pid to
+        follow. It runs in this process group, so a Ctrl-C or a kill of
+        `make docker`'s group stops it too."""
+        os.makedirs(self.pasta, exist_ok=True)
+        self._trava = open(os.path.join(self.pasta, metricas.TRAVA), "w")
+        try:
+            fcntl.flock(self._trava, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f"another make docker of project {self.nome} is running ({self.pasta})") from None
+        alvos = [metricas.Alvo("haproxy", self.env["CREBITO_METRICAS_HAPROXY"])]
+        if self.observado:
+            alvos.append(metricas.Alvo("postgres", self.env["CREBITO_METRICAS_POSTGRES"], "db"))
+            alvos.append(metricas.Alvo("processos", self.env["CREBITO_METRICAS_PROCESSOS"]))
+        metricas.gravar(self.pasta, alvos)
+        if not self.observado:
+            return alvos
+        servicos = (*SERVICOS, *OBSERVACAO)
+        for servico in servicos:
+            _substituir(os.path.join(self.pasta, f"{servico}.cgroup"), cgrupo(self.pid(servico)))
+        cmd = [sys.executable, os.path.join(RAIZ, "stack", "consumo.py"), self.env["CREBITO_METRICAS_PROCESSOS"]]
+        cmd += [self.pasta, *servicos, "metricas-processos"]
+        env = dict(self.env)
+        env.pop("CREBITO_USUARIO", None)
+        if os.geteuid() == 0:
+            env["CREBITO_USUARIO"] = USUARIO_CONSUMO
+        self.consumo = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
+        _substituir(os.path.join(self.pasta, "metricas-processos.pid"), str(self.consumo.pid))
+        host, porta = self.env["CREBITO_METRICAS_PROCESSOS"].rsplit(":", 1)
+        for _ in range(100):
+            if self.consumo.poll() is not None:
+                raise RuntimeError(f"stack/consumo.py exited with {self.consumo.returncode}")
+            try:
+                socket.create_connection((host, int(porta)), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        return alvos
+
+    def parar_observacao(self):
+        if self.consumo is not None:
+            self.consumo.terminate()
+            self.consumo.wait(timeout=10)
+            self.consumo = None
+        if self._trava is not None:
+            self._trava.close()
+            self._trava = None
+
     def psql(self, sql):
         """Runs sql in crebito as the superuser `postgres`, who may connect
         only inside the db container; returns the rows, fields split on |."""
@@ -226,14 +324,17 @@ def main():
                 # Every time: the engine's cache makes it quick, and an image
                 # never lags behind an edited Dockerfile or source file.
                 projeto.construir(sempre=True)
-                motor.log(
-                    f"metrics: http://{projeto.env['CREBITO_METRICAS_HAPROXY']}/metrics (HAProxy),"
-                    f" http://{projeto.env['CREBITO_METRICAS_POSTGRES']}/metrics (PostgreSQL)"
-                )
+                # Up first, detached: the exporter of each container's CPU and
+                # memory is given their cgroups; then attached, for their logs.
+                projeto.compose("up", "-d", "--no-build")
+                alvos = projeto.observar()
+                motor.log("metrics: " + ", ".join(f"http://{a.endereco}/metrics ({a.job})" for a in alvos))
+                motor.log(f"metrics recorded in {metricas.arquivo(projeto.pasta)} (make observar finds them)")
                 motor.log(f"project {projeto.nome} on http://127.0.0.1:{projeto.porta} (Ctrl-C stops)")
                 projeto.compose("up", "--no-build", check=False)
             finally:
                 with motor.sem_interrupcao():
+                    projeto.parar_observacao()
                     projeto.descer(volumes=False)
     except KeyboardInterrupt:
         pass

@@ -84,7 +84,7 @@ def main():
     # Both set explicitly: a shell that starts us in the background leaves SIGINT ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    log(f"Prometheus on http://{endereco}/graph scraping {len(alvos)} endpoints every 1s (Ctrl-C stops)")
+    log(f"Prometheus on http://{endereco}/graph scraping {len(alvos)} endpoints of {var} every 1s (Ctrl-C stops)")
     try:
         codigo = proc.wait()
     except KeyboardInterrupt:

@@ -12,8 +12,10 @@ Everything this module creates carries its own project name and image tag,
 and is removed afterwards: a system engine's other containers, images and
 volumes are never touched."""
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -21,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import uuid
 from collections import Counter
 
@@ -105,8 +108,12 @@ def engine(pasta_do_motor):
 
 @pytest.fixture(scope="module")
 def projeto(engine, senha, pytestconfig):
-    """The images built once, and the password file, for this module."""
-    p = Projeto(engine, nome=f"crebito-teste-{MARCA}", porta=porta_livre(), tag=TAG, senha=senha)
+    """The images built once, and the password file, for this module; its
+    metrics recorded in a folder of its own, which the processes exporter's
+    user (nobody) may enter."""
+    pasta = tempfile.mkdtemp(prefix="crebito-docker-metricas-")
+    os.chmod(pasta, 0o755)
+    p = Projeto(engine, nome=f"crebito-teste-{MARCA}", porta=porta_livre(), tag=TAG, senha=senha, pasta=pasta)
     try:
         t0 = time.monotonic()
         p.construir(sempre=True)
@@ -116,18 +123,23 @@ def projeto(engine, senha, pytestconfig):
         p.descer()
         for nome in IMAGENS:
             p.docker("rmi", p.imagem(nome), capture_output=True, check=False)
+        shutil.rmtree(pasta, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
 def pilha_docker(projeto, pytestconfig):
-    """The compose stack, up; its time to the first 200 is reported."""
+    """The compose stack, up, its endpoints recorded and its processes
+    exporter running, as `make docker` leaves them; its time to the first 200
+    is reported."""
     t0 = time.monotonic()
     projeto.compose("up", "-d", "--no-build")
     pilha = PilhaCompose(projeto)
     pilha.esperar_pronto()
     pilha.primeiro_200 = time.monotonic() - t0
     relatar(pytestconfig, f"docker: `up` to the first 200, the database initialised: {pilha.primeiro_200:.1f}s")
+    projeto.observar()
     yield pilha
+    projeto.parar_observacao()
     projeto.descer()
 
 
@@ -248,6 +260,19 @@ def test_sigkill_deixa_um_motor_que_o_proximo_make_docker_reusa(raiz_necessaria,
     porta = porta_livre()
     make = MakeDocker(pasta_do_motor, senha, porta)
     assert make.serve(900), make.log()
+    # Each container's CPU and memory, from the exporter make docker started, recorded for make observar.
+    # (logged once the containers are up, maybe after the first 200)
+    endereco = re.compile(r"http://(127\.0\.0\.1:\d+)/metrics \(processos\)")
+    achado = esperar(lambda: endereco.search(make.log(limite=None)), 60, passo=0.2)
+    assert achado, make.log()
+    consumo = achado.group(1)
+    sys.path.insert(0, os.path.join(RAIZ, "stack"))
+    import metricas
+    from test_metricas import soma
+
+    pasta = metricas.pasta_docker(f"crebito-make-{MARCA}")
+    assert metricas.endereco(metricas.ler(pasta), "processos") == consumo
+    assert soma(consumo, "process_processes", processo="api01") == 1 + WORKERS
     [motor_antigo] = motor.dockerds(pasta_do_motor)
     # kill -9 of make and everything in its session: the engine, a session of
     # its own, is left behind, and so are the containers it runs.
@@ -276,6 +301,13 @@ def test_sigkill_deixa_um_motor_que_o_proximo_make_docker_reusa(raiz_necessaria,
     assert motor.dockerds(pasta_do_motor) == []
     assert montado_em(pasta_do_motor) == []
     assert not segundo.serve(1)
+    # The exporter stopped with it, and the folder says no stack runs there.
+    with pytest.raises(OSError):
+        soma(consumo, "process_processes")
+    assert not metricas.rodando(pasta)
+    shutil.rmtree(pasta)
+    with contextlib.suppress(OSError):
+        os.removedirs(os.path.dirname(pasta))  # <var>/docker and <var>, when this made them
 
 
 # -- the images ---------------------------------------------------------------------
@@ -534,6 +566,83 @@ def test_metricas_do_haproxy_e_do_postgres(http):
         assert info["HostConfig"]["NetworkMode"] == "host", servico
         for pid in arvore(info["State"]["Pid"]):
             assert 0 not in uids(pid), servico
+
+
+def test_consumo_de_cada_conteiner(http):
+    """The processes exporter (stack/consumo.py on the host, as `make docker`
+    runs it) answers on 127.0.0.1 only, as no root, with the native names: each
+    container's CPU, which moves with the load, and memory, the exporters' too;
+    a restarted container's new processes are found."""
+    from test_metricas import escutas_tcp as escutas_da_maquina
+    from test_metricas import soma
+
+    projeto = http.projeto
+    consumo = projeto.env["CREBITO_METRICAS_PROCESSOS"]
+    assert consumo.startswith("127.0.0.1:")
+    assert escutas_da_maquina()[int(consumo.rsplit(":", 1)[1])] == {"127.0.0.1"}
+    for pid in arvore(projeto.consumo.pid):
+        assert 0 not in uids(pid), pid
+    servicos = (*SERVICOS, *OBSERVACAO, "metricas-processos")
+    assert esperar(lambda: all(soma(consumo, "process_processes", processo=s) for s in servicos), 10, passo=0.2)
+    antes = soma(consumo, "process_cpu_seconds_total", processo="api01")
+    for i in range(200):
+        assert http.extrato(1 + i % 5).status == 200
+    # Round robin: half of them through api01's workers; the kernel counts in ticks of 10 ms.
+    assert soma(consumo, "process_cpu_seconds_total", processo="api01") > antes
+    for servico in servicos:
+        assert soma(consumo, "process_resident_memory_bytes", processo=servico) > 0, servico
+        assert soma(consumo, "process_resident_private_memory_bytes", processo=servico) > 0, servico
+    # The master and each worker, as natively.
+    assert soma(consumo, "process_processes", processo="api01") == 1 + WORKERS
+    assert soma(consumo, "process_processes", processo="db") >= 5
+    # kill -9 of api01's first process: the engine restarts the container, whose
+    # new processes are in the same cgroup.
+    pid = projeto.pid("api01")
+    os.kill(pid, signal.SIGKILL)
+    assert esperar_reinicio(projeto, "api01", pid)
+    assert esperar(lambda: soma(consumo, "process_processes", processo="api01") == 1 + WORKERS, 30, passo=0.2)
+    assert pid not in arvore(projeto.pid("api01"))
+    assert soma(consumo, "process_resident_memory_bytes", processo="api01") > 0
+    assert http.atendeu(30)
+
+
+def test_make_observar_ao_lado_do_docker(http):
+    """`make observar`, pointed at the project's folder, finds its endpoints
+    (docker/projeto.py recorded them as the launcher does) and scrapes them all."""
+    from test_metricas import pedir
+
+    sys.path.insert(0, os.path.join(RAIZ, "stack"))
+    import metricas
+
+    alvos = metricas.ler(http.projeto.pasta)
+    assert sorted(a.job for a in alvos) == ["haproxy", "postgres", "processos"]
+    assert metricas.rodando(http.projeto.pasta)
+    porta = porta_livre()
+
+    def todos_up():
+        try:
+            _, texto = pedir(f"127.0.0.1:{porta}", "/api/v1/targets")
+        except OSError:
+            return None
+        ativos = json.loads(texto)["data"]["activeTargets"]
+        return len(ativos) == len(alvos) and all(t["health"] == "up" for t in ativos) and ativos
+
+    env = dict(os.environ, CREBITO_VAR=http.projeto.pasta, CREBITO_PROMETHEUS=f"127.0.0.1:{porta}")
+    proc = subprocess.Popen(
+        ["make", "-s", "observar"], cwd=RAIZ, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        ativos = esperar(todos_up, 60, passo=0.5)
+        assert ativos, pedir(f"127.0.0.1:{porta}", "/api/v1/targets")
+        assert {t["scrapeUrl"] for t in ativos} == {f"http://{a.endereco}/metrics" for a in alvos}
+        for consulta in ("haproxy_frontend_http_requests_total", "pg_up", 'process_cpu_seconds_total{processo="db"}'):
+            _, texto = pedir(f"127.0.0.1:{porta}", f"/api/v1/query?query={urllib.parse.quote(consulta)}")
+            assert json.loads(texto)["data"]["result"], consulta
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        _, erros = proc.communicate(timeout=30)
+    assert "Traceback" not in erros, erros
+    assert "no stack is running" not in erros, erros
 
 
 # -- kill -9 under load, and down ----------------------------------------------------------
