@@ -23,7 +23,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.parse
 import uuid
 from collections import Counter
 
@@ -609,7 +608,7 @@ def test_consumo_de_cada_conteiner(http):
 def test_make_observar_ao_lado_do_docker(http):
     """`make observar`, pointed at the project's folder, finds its endpoints
     (docker/projeto.py recorded them as the launcher does) and scrapes them all."""
-    from test_metricas import pedir
+    from test_metricas import observar
 
     sys.path.insert(0, os.path.join(RAIZ, "stack"))
     import metricas
@@ -617,31 +616,8 @@ def test_make_observar_ao_lado_do_docker(http):
     alvos = metricas.ler(http.projeto.pasta)
     assert sorted(a.job for a in alvos) == ["haproxy", "postgres", "processos"]
     assert metricas.rodando(http.projeto.pasta)
-    porta = porta_livre()
-
-    def todos_up():
-        try:
-            _, texto = pedir(f"127.0.0.1:{porta}", "/api/v1/targets")
-        except OSError:
-            return None
-        ativos = json.loads(texto)["data"]["activeTargets"]
-        return len(ativos) == len(alvos) and all(t["health"] == "up" for t in ativos) and ativos
-
-    env = dict(os.environ, CREBITO_VAR=http.projeto.pasta, CREBITO_PROMETHEUS=f"127.0.0.1:{porta}")
-    proc = subprocess.Popen(
-        ["make", "-s", "observar"], cwd=RAIZ, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
-    try:
-        ativos = esperar(todos_up, 60, passo=0.5)
-        assert ativos, pedir(f"127.0.0.1:{porta}", "/api/v1/targets")
-        assert {t["scrapeUrl"] for t in ativos} == {f"http://{a.endereco}/metrics" for a in alvos}
-        for consulta in ("haproxy_frontend_http_requests_total", "pg_up", 'process_cpu_seconds_total{processo="db"}'):
-            _, texto = pedir(f"127.0.0.1:{porta}", f"/api/v1/query?query={urllib.parse.quote(consulta)}")
-            assert json.loads(texto)["data"]["result"], consulta
-    finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        _, erros = proc.communicate(timeout=30)
-    assert "Traceback" not in erros, erros
+    consultas = ("haproxy_frontend_http_requests_total", "pg_up", 'process_cpu_seconds_total{processo="db"}')
+    _, erros, _ = observar(http.projeto.pasta, [a.endereco for a in alvos], consultas)
     assert "no stack is running" not in erros, erros
 
 

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.parse
 from http.client import HTTPConnection
 
 import psycopg
@@ -250,9 +251,11 @@ def test_o_exportador_so_le_as_figuras(stack):
         psycopg.connect(f"host={stack.var}/pgrun dbname=crebito user=crebito_metricas").close()
 
 
-def test_make_observar_raspa_cada_endpoint(stack):
+def observar(var, enderecos, consultas):
+    """`make observar` beside the stack recorded in var, on a free port, until
+    Prometheus has every endpoint up and a series for each query, then Ctrl-C;
+    returns (its active targets, its stderr, its port)."""
     porta = porta_livre()
-    alvos_todos = alvos(stack, "haproxy") + alvos(stack, "postgres") + alvos(stack, "processos")
 
     def todos_up():
         try:
@@ -260,25 +263,32 @@ def test_make_observar_raspa_cada_endpoint(stack):
         except OSError:
             return None
         ativos = json.loads(texto)["data"]["activeTargets"]
-        return len(ativos) == len(alvos_todos) and all(t["health"] == "up" for t in ativos) and ativos
+        return len(ativos) == len(enderecos) and all(t["health"] == "up" for t in ativos) and ativos
 
-    env = dict(os.environ, CREBITO_VAR=stack.var, CREBITO_PROMETHEUS=f"127.0.0.1:{porta}")
+    env = dict(os.environ, CREBITO_VAR=var, CREBITO_PROMETHEUS=f"127.0.0.1:{porta}")
     proc = subprocess.Popen(
         ["make", "-s", "observar"], cwd=RAIZ, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
     try:
         ativos = esperar(todos_up, 60, passo=0.5)
         assert ativos, pedir(f"127.0.0.1:{porta}", "/api/v1/targets")
-        assert {t["scrapeUrl"] for t in ativos} == {f"http://{a.endereco}/metrics" for a in alvos_todos}
-        assert all(t["scrapeInterval"] == "1s" for t in ativos)
+        assert {t["scrapeUrl"] for t in ativos} == {f"http://{e}/metrics" for e in enderecos}
         # A series of each kind, as a person would graph it.
-        for consulta in ("haproxy_frontend_http_requests_total", "pg_up", "process_cpu_seconds_total"):
-            _, texto = pedir(f"127.0.0.1:{porta}", f"/api/v1/query?query={consulta}")
+        for consulta in consultas:
+            _, texto = pedir(f"127.0.0.1:{porta}", f"/api/v1/query?query={urllib.parse.quote(consulta)}")
             assert json.loads(texto)["data"]["result"], consulta
     finally:
         # Ctrl-C, as a terminal sends it to make and everything it runs.
         os.killpg(proc.pid, signal.SIGINT)
         _, erros = proc.communicate(timeout=30)
-    assert os.path.isdir(os.path.join(stack.var, "prometheus", "dados"))
     assert "Traceback" not in erros, erros
+    return ativos, erros, porta
+
+
+def test_make_observar_raspa_cada_endpoint(stack):
+    todos = alvos(stack, "haproxy") + alvos(stack, "postgres") + alvos(stack, "processos")
+    consultas = ("haproxy_frontend_http_requests_total", "pg_up", "process_cpu_seconds_total")
+    ativos, _, porta = observar(stack.var, [a.endereco for a in todos], consultas)
+    assert all(t["scrapeInterval"] == "1s" for t in ativos)
+    assert os.path.isdir(os.path.join(stack.var, "prometheus", "dados"))
     assert subprocess.run(["pgrep", "-f", f"listen-address=127.0.0.1:{porta}"], capture_output=True).returncode == 1
