@@ -31,6 +31,7 @@ import json
 import math
 import os
 import random
+import re
 import string
 import sys
 import threading
@@ -470,18 +471,21 @@ def tempos_de_chegada(inicial, final, rampa, plato):
 # -- the stack's processes, from its exporter ----------------------------------------
 
 
-def _series(endereco, nome):
-    """{label processo: value} of nome in a Prometheus text exposition."""
+ROTULO = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def _series(endereco):
+    """[(name, {label: value}, value)] of the Prometheus text exposition at
+    endereco, asked once."""
     with urllib.request.urlopen(f"http://{endereco}/metrics", timeout=2) as r:
         texto = r.read().decode()
-    valores = {}
+    resultado = []
     for linha in texto.splitlines():
-        if linha.startswith(nome + "{"):
-            rotulos, valor = linha[len(nome) + 1 :].rsplit("} ", 1)
-            rotulo = dict(par.split("=", 1) for par in rotulos.split(","))
-            if "processo" in rotulo:
-                valores[rotulo["processo"].strip('"')] = float(valor)
-    return valores
+        if linha and not linha.startswith("#"):
+            serie, valor = linha.rsplit(" ", 1)
+            nome, _, rotulos = serie.partition("{")
+            resultado.append((nome, dict(ROTULO.findall(rotulos)), float(valor)))
+    return resultado
 
 
 def _serve(alvos, url):
@@ -490,12 +494,10 @@ def _serve(alvos, url):
     haproxy = metricas.endereco(alvos, "haproxy")
 
     def contador():
-        with urllib.request.urlopen(f"http://{haproxy}/metrics", timeout=2) as r:
-            linhas = r.read().decode().splitlines()
         return sum(
-            float(linha.rsplit(" ", 1)[1])
-            for linha in linhas
-            if linha.startswith("haproxy_frontend_http_requests_total{") and 'proxy="crebito"' in linha
+            v
+            for n, r, v in _series(haproxy)
+            if n == "haproxy_frontend_http_requests_total" and r.get("proxy") == "crebito"
         )
 
     try:
@@ -541,7 +543,11 @@ class Consumo:
     def _ler(self):
         """{component: (CPU s, memory MB)}: a compose service's name (db) as
         the component it is (postgres); processes outside the budget left out."""
-        cpu, memoria = _series(self.endereco, self.CPU), _series(self.endereco, self.MEMORIA)
+        series = _series(self.endereco)
+        cpu, memoria = (
+            {r["processo"]: v for n, r, v in series if n == nome and "processo" in r}
+            for nome in (self.CPU, self.MEMORIA)
+        )
         return {
             pilha.SERVICO_COMPOSE[nome]: (segundos, memoria.get(nome, 0) / 2**20)
             for nome, segundos in cpu.items()

@@ -22,7 +22,6 @@ The endpoints are recorded in <the launcher's data directory>/docker/<project>/
 metricas.json, as a native stack's, where `make observar` finds them.
 """
 
-import fcntl
 import json
 import os
 import signal
@@ -36,6 +35,7 @@ import motor
 RAIZ = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(RAIZ, "stack"))
 import metricas  # noqa: E402
+import processos  # noqa: E402
 
 COMPOSE = os.path.join(RAIZ, "compose.yml")
 IMAGENS = ("db", "api", "haproxy", "metricas")
@@ -79,13 +79,6 @@ def cgrupo(pid):
         if "memory" in controladores.split(","):
             return f"/sys/fs/cgroup/memory{caminho}"
     return "/sys/fs/cgroup" + next(caminho for n, _, caminho in linhas if n == "0")
-
-
-def _substituir(caminho, texto):
-    """Replaces the file whole: the exporter never reads it half written."""
-    with open(caminho + ".novo", "w") as f:
-        f.write(texto)
-    os.replace(caminho + ".novo", caminho)
 
 
 def _rodar_ate_o_fim(cmd, **kw):
@@ -227,10 +220,8 @@ class Projeto:
         keeps: a restarted container's new pids are in it, with no pid to
         follow. It runs in this process group, so a Ctrl-C or a kill of
         `make docker`'s group stops it too."""
-        os.makedirs(self.pasta, exist_ok=True)
-        self._trava = open(os.path.join(self.pasta, metricas.TRAVA), "w")
         try:
-            fcntl.flock(self._trava, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._trava = metricas.travar(self.pasta)
         except BlockingIOError:
             raise RuntimeError(f"another make docker of project {self.nome} is running ({self.pasta})") from None
         alvos = [metricas.Alvo("haproxy", self.env["CREBITO_METRICAS_HAPROXY"])]
@@ -242,7 +233,7 @@ class Projeto:
             return alvos
         servicos = (*SERVICOS, *OBSERVACAO)
         for servico in servicos:
-            _substituir(os.path.join(self.pasta, f"{servico}.cgroup"), cgrupo(self.pid(servico)))
+            processos.substituir(os.path.join(self.pasta, f"{servico}.cgroup"), cgrupo(self.pid(servico)))
         cmd = [sys.executable, os.path.join(RAIZ, "stack", "consumo.py"), self.env["CREBITO_METRICAS_PROCESSOS"]]
         cmd += [self.pasta, *servicos, "metricas-processos"]
         env = dict(self.env)
@@ -250,7 +241,7 @@ class Projeto:
         if os.geteuid() == 0:
             env["CREBITO_USUARIO"] = USUARIO_CONSUMO
         self.consumo = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
-        _substituir(os.path.join(self.pasta, "metricas-processos.pid"), str(self.consumo.pid))
+        processos.substituir(os.path.join(self.pasta, "metricas-processos.pid"), str(self.consumo.pid))
         host, porta = self.env["CREBITO_METRICAS_PROCESSOS"].rsplit(":", 1)
         for _ in range(100):
             if self.consumo.poll() is not None:

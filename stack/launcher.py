@@ -35,7 +35,6 @@ Environment:
 
 import argparse
 import contextlib
-import fcntl
 import http.client
 import os
 import pwd
@@ -336,13 +335,10 @@ def auditar(var):
 def travar(var):
     """One launcher per data directory: a second one would find the port and
     the cluster taken and report the first one's answers as its own."""
-    os.makedirs(var, exist_ok=True)
-    trava = open(os.path.join(var, "launcher.lock"), "w")
     try:
-        fcntl.flock(trava, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return metricas.travar(var)
     except BlockingIOError:
         sys.exit(f"crebito: another launcher is already running with {var}; stop it first (Ctrl-C)")
-    return trava
 
 
 def escolher_topologia(var):

@@ -109,9 +109,22 @@ def gravar(var, alvos):
         json.dump([asdict(a) for a in alvos], f, indent=1)
 
 
-# Held (flock) while a stack runs with a data directory: the launcher's lock
-# (stack/launcher.py's travar), which docker/projeto.py takes too in its own.
+# Held (flock) while a stack runs with a data directory: the launcher's, or
+# docker/projeto.py's in a compose project's folder.
 TRAVA = "launcher.lock"
+
+
+def travar(var):
+    """Takes var's lock for as long as the returned file stays open; raises
+    BlockingIOError when another stack holds it."""
+    os.makedirs(var, exist_ok=True)
+    trava = open(os.path.join(var, TRAVA), "w")
+    try:
+        fcntl.flock(trava, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        trava.close()
+        raise
+    return trava
 
 
 def rodando(var):

@@ -15,6 +15,14 @@ import time
 from dataclasses import dataclass, field
 
 
+def substituir(caminho, texto):
+    """Writes the file whole under another name, then puts it in place: a
+    reader (a test, bench/, an exporter) never finds it empty or half written."""
+    with open(caminho + ".novo", "w") as f:
+        f.write(texto)
+    os.replace(caminho + ".novo", caminho)
+
+
 def log(msg):
     print(f"crebito: {msg}", file=sys.stderr, flush=True)
 
@@ -52,11 +60,7 @@ class Supervisor:
             processo.cmd, env=processo.env, start_new_session=True, cwd="/", pass_fds=processo.fds, **processo.como
         )
         self.rodando[processo.nome] = (proc, time.monotonic())
-        # Replaced whole, so a reader (a test, bench/) never finds it empty.
-        arquivo = os.path.join(self.var, f"{processo.nome}.pid")
-        with open(arquivo + ".novo", "w") as f:
-            f.write(f"{proc.pid}\n")
-        os.replace(arquivo + ".novo", arquivo)
+        substituir(os.path.join(self.var, f"{processo.nome}.pid"), f"{proc.pid}\n")
         return proc
 
     def proc(self, nome):
