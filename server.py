@@ -77,6 +77,20 @@ STATEMENTS = {
     b"extrato": (b"select status, resposta, duravel from api.extrato($1)", [INT4_OID], [0]),
     b"confirmar": (b"select descarregou from api.confirmar($1)", [INT4_OID], [0]),
 }
+# Citus: a write is applied to the shard's own tables by api.transacao_local,
+# and sent as api.transacao, which Citus forwards to the client's node, when
+# this node does not hold it. The function's call sits in a CTE because Citus
+# keeps a plain call of a cluster-wide function with parameters from a kept
+# plan, planning it anew each time (its shape for forwarding it).
+STATEMENTS_CITUS = {
+    **STATEMENTS,
+    b"transacao": (
+        b"with t as materialized (select * from api.transacao_local($1, $2, $3))"
+        b" select status, resposta, duravel from t",
+        *STATEMENTS[b"transacao"][1:],
+    ),
+    b"repassar": STATEMENTS[b"transacao"],
+}
 OK = pq.ConnStatus.OK
 TUPLES_OK = pq.ExecStatus.TUPLES_OK
 
@@ -98,9 +112,10 @@ def aquecimento(cliente=b"0"):
 class Banco:
     """One persistent libpq connection, reopened when it breaks."""
 
-    def __init__(self, conninfo, prazo=None):
+    def __init__(self, conninfo, prazo=None, statements=STATEMENTS):
         self.conninfo = conninfo
         self.prazo = prazo
+        self.statements = statements
         self.pgconn = None
 
     def _executar(self, nome, params, formatos=None):
@@ -141,7 +156,7 @@ class Banco:
         pgconn = pq.PGconn.connect(self.conninfo)
         if pgconn.status != OK:
             raise psycopg.OperationalError(pgconn.get_error_message())
-        for nome, (sql, tipos, _) in STATEMENTS.items():
+        for nome, (sql, tipos, _) in self.statements.items():
             res = pgconn.prepare(nome, sql, tipos)
             if res.status != pq.ExecStatus.COMMAND_OK:
                 raise psycopg.OperationalError(res.get_error_message())
@@ -170,7 +185,7 @@ class Banco:
                 espera = min(2 * espera, 1.0)
         try:
             for nome, params in chamadas or aquecimento():
-                res = self._executar(nome, params, STATEMENTS[nome][2])
+                res = self._executar(nome, params, self.statements[nome][2])
                 if res.status != TUPLES_OK:
                     log.warning("aquecimento de %s falhou: %s", nome.decode(), res.get_error_message().strip())
         except psycopg.Error as e:
@@ -197,7 +212,7 @@ class Banco:
                     self._descartar()
                 if self.pgconn is None or self.pgconn.status != OK:
                     self._conectar()
-                res = confirmacao = self._executar(nome, params, STATEMENTS[nome][2])
+                res = confirmacao = self._executar(nome, params, self.statements[nome][2])
                 if res.status == TUPLES_OK and res.get_value(0, 2) != b"t":
                     confirmacao = self._executar(b"confirmar", params[:1])
             except psycopg.Error as e:
@@ -238,27 +253,54 @@ class Banco:
         self.pgconn = None
 
 
+class BancoCitus(Banco):
+    """A Citus worker node: a write goes as api.transacao_local, which answers
+    nothing (null status) and does nothing when the node does not hold the
+    client's shard; the call then goes again as api.transacao, for Citus to
+    forward, and `mapa_velho` is told."""
+
+    def __init__(self, conninfo, prazo, mapa_velho):
+        super().__init__(conninfo, prazo, STATEMENTS_CITUS)
+        self.mapa_velho = mapa_velho
+
+    def _executar(self, nome, params, formatos=None):
+        res = super()._executar(nome, params, formatos)
+        if nome == b"transacao" and res.status == TUPLES_OK and res.get_value(0, 0) is None:
+            self.mapa_velho()
+            res = super()._executar(b"repassar", params, formatos)
+        return res
+
+
 class Roteador:
     """Citus: one Banco per worker node, and each call sent to the node that
     holds its client's shard, by the map api.shards() gives (roteamento.py).
-    The map is read again every PERIODO seconds, so after a shard moves its
-    calls are back on their owner within that; meanwhile Citus forwards them
-    from the old node, which costs speed, never an answer. Without a map (no
-    node answered yet) or for a node not in DATABASE_URL, the first node that
-    is connected takes the call, and Citus forwards it."""
+    The map is read again every PERIODO seconds, and sooner (PERIODO_MINIMO)
+    once a write reached a node that no longer holds its client, so after a
+    shard moves its calls are back on their owner within that; meanwhile
+    Citus forwards them from the old node, which costs speed, never an answer.
+    Without a map (no node answered yet) or for a node not in DATABASE_URL,
+    the first node that is connected takes the call, and Citus forwards it."""
 
     PERIODO = 5.0
+    # After a write reached a node without its client, the map is read again
+    # at most this long after the last reading: a node missing from
+    # DATABASE_URL, whose clients always go elsewhere, costs no reading per call.
+    PERIODO_MINIMO = 0.5
     SHARDS = b"select minimo, maximo, endereco, porta from api.shards()"
 
     def __init__(self, conninfo, prazo):
-        self.bancos = {no: Banco(c.encode(), prazo) for no, c in roteamento.conninfos_por_no(conninfo).items()}
+        self.bancos = {
+            no: BancoCitus(c.encode(), prazo, self._mapa_velho)
+            for no, c in roteamento.conninfos_por_no(conninfo).items()
+        }
         self.mapa = None
-        self.proxima_leitura = 0.0
+        self.lido_em = self.proxima_leitura = 0.0
 
     def _ler_mapa(self):
         """The map from the first node that gives it; False when no node
         answered at all."""
-        self.proxima_leitura = time.monotonic() + self.PERIODO
+        self.lido_em = time.monotonic()
+        self.proxima_leitura = self.lido_em + self.PERIODO
         for b in self.bancos.values():
             try:
                 linhas = b.consultar(self.SHARDS)
@@ -271,6 +313,11 @@ class Roteador:
             self.mapa = roteamento.Mapa([(int(m), int(x), h.decode(), int(p)) for m, x, h, p in linhas])
             return True
         return False
+
+    def _mapa_velho(self):
+        # A call reached a node that no longer holds its client: read the map
+        # again soon.
+        self.proxima_leitura = min(self.proxima_leitura, self.lido_em + self.PERIODO_MINIMO)
 
     def conectar(self):
         """At the worker's start: waits until some node answers (for the map),

@@ -4,8 +4,8 @@ Three stacks at once, started by the launcher: single-node, Citus with one
 worker and Citus with two, each seeded with the same many clients
 (crebito.semear) and each database node (the one cluster, the coordinator,
 every worker) confined to the same CPU quota in a cgroup of its own. A load
-driver (processes calling the prepared `api.transacao`/`api.extrato`
-statements over libpq, as server.py does) runs the official mix (debito :
+driver (processes calling server.py's prepared statements over libpq, with
+api.transacao_local where each call goes to its client's node) runs the official mix (debito :
 credito : extrato = 220 : 110 : 10) straight against the nodes the API
 instances talk to: the one cluster, the one worker, or both workers (`-c`
 connections to each). No HTTP or HAProxy in the way: the database nodes are
@@ -47,11 +47,13 @@ from psycopg import pq
 
 sys.path.insert(0, pilha.RAIZ)
 import roteamento  # noqa: E402
+import server  # noqa: E402
 
-# (stack, Citus workers, how a call's client is picked)
+# (stack, Citus workers, how a call's client is picked). One worker holds
+# every client: its calls go as the API's routing sends them.
 CASOS = (
     ("unico", 0, "qualquer"),
-    ("citus1", 1, "qualquer"),
+    ("citus1", 1, "api"),
     ("citus2", 2, "qualquer"),
     ("citus2-dono", 2, "dono"),
     ("citus2-api", 2, "api"),
@@ -61,17 +63,19 @@ CASOS_HTTP = (("unico", 0, "http"), ("citus1", 1, "http"), ("citus2", 2, "http")
 MIX = (("debito", 220), ("credito", 110), ("extrato", 10))
 
 
-def sessao(conninfo):
+def sessao(conninfo, statements=server.STATEMENTS):
+    """A session with the API's statements, server.py's own text: on a cluster
+    whose calls go to their client's node, STATEMENTS_CITUS."""
     conn = pq.PGconn.connect(conninfo)
     assert conn.status == pq.ConnStatus.OK, conn.get_error_message()
-    conn.prepare(b"transacao", b"select status, resposta from api.transacao($1, $2)")
-    conn.prepare(b"extrato", b"select status, resposta from api.extrato($1)")
+    for nome in (b"transacao", b"extrato"):
+        conn.prepare(nome, statements[nome][0])
     return conn
 
 
 def roteador(conninfos):
     """Mode `api`: a session on every node and server.py's way of picking one."""
-    conns = {porta: sessao(c) for porta, c in conninfos.items()}
+    conns = {porta: sessao(c, server.STATEMENTS_CITUS) for porta, c in conninfos.items()}
     linhas = next(iter(conns.values())).exec_(b"select minimo, maximo, endereco, porta from api.shards()")
     mapa = roteamento.Mapa(
         [[int(linhas.get_value(i, j)) if j != 2 else "" for j in range(4)] for i in range(linhas.ntuples)]
@@ -88,7 +92,8 @@ def chamar(conninfos, modo, clientes, segundos, semente, pronto, comecar, saida)
     if modo == "api":
         conn_de, conns = roteador(conninfos)
     else:
-        conns = [sessao(c) for c in conninfos.values()]
+        statements = server.STATEMENTS_CITUS if modo == "dono" else server.STATEMENTS
+        conns = [sessao(c, statements) for c in conninfos.values()]
         conn_de = lambda cliente: conns[0]  # noqa: E731
     aleatorio = random.Random(semente)
     for _ in range(10):
@@ -106,7 +111,7 @@ def chamar(conninfos, modo, clientes, segundos, semente, pronto, comecar, saida)
             tipo = "d" if sorteio < MIX[0][1] else "c"
             valor = aleatorio.randint(1, 10000)
             corpo = f'{{"valor": {valor}, "tipo": "{tipo}", "descricao": "{aleatorio.randrange(10**10):010d}"}}'
-            r = conn.exec_prepared(b"transacao", [cliente, corpo.encode()])
+            r = conn.exec_prepared(b"transacao", [cliente, corpo.encode(), None])
         else:
             r = conn.exec_prepared(b"extrato", [cliente])
         chamadas += 1

@@ -64,14 +64,16 @@ def vivo(pid):
 class ClienteDoBanco(threading.Thread):
     """One bank customer's app: sends transactions one after another, each on
     a new connection, and retries an unanswered one with the same key until it
-    gets 200 or 422."""
+    gets 200 or 422. Without keys (`com_chave` false) it retries nothing: an
+    unanswered one is abandoned, keyed by its description, unique as a key."""
 
-    def __init__(self, numero, pilha, parar, clientes=(1, 2, 3, 4, 5)):
+    def __init__(self, numero, pilha, parar, clientes=(1, 2, 3, 4, 5), com_chave=True):
         super().__init__(name=f"cliente-{numero}", daemon=True)
         self.numero = numero
         self.pilha = pilha
         self.parar = parar
         self.clientes = clientes
+        self.com_chave = com_chave
         self.rng = random.Random(numero)
         self.status = Counter()  # every answer seen, None for a connection error
         self.timeouts = 0
@@ -90,7 +92,7 @@ class ClienteDoBanco(threading.Thread):
                 "POST",
                 f"/clientes/{cliente}/transacoes",
                 body=corpo,
-                headers={"Content-Type": "application/json", "Idempotency-Key": chave},
+                headers={"Content-Type": "application/json", **({"Idempotency-Key": chave} if self.com_chave else {})},
             )
             r = conn.getresponse()
             return r.status, r.read()
@@ -106,10 +108,10 @@ class ClienteDoBanco(threading.Thread):
         n = 0
         while not self.parar.is_set():
             n += 1
-            chave = f"c{self.numero}-{n}"
             cliente = self.rng.choice(self.clientes)
             # Unique among the threads, so a reader can tell each one apart.
             descricao = f"{self.numero}.{n}"[:10]
+            chave = f"c{self.numero}-{n}" if self.com_chave else descricao
             corpo = json.dumps(
                 {"valor": self.rng.randint(1, 10000), "tipo": self.rng.choice("cd"), "descricao": descricao}
             )
@@ -127,7 +129,7 @@ class ClienteDoBanco(threading.Thread):
                 if status not in SEM_RESPOSTA:
                     self.inesperadas.append((status, resposta))
                     break
-                if time.monotonic() - inicio > DESISTE_APOS:
+                if not self.com_chave or time.monotonic() - inicio > DESISTE_APOS:
                     self.abandonadas.append((cliente, chave))
                     break
                 time.sleep(0.05)

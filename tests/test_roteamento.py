@@ -7,6 +7,7 @@ each node tells which calls it was sent: the API's statement counted on a
 node is a call the API sent there, and a call Citus forwarded from another
 node shows there under Citus's own text."""
 
+import json
 import os
 import random
 import sys
@@ -25,8 +26,9 @@ import roteamento  # noqa: E402
 import server  # noqa: E402
 
 CLIENTES = (1, 2, 3, 4, 5)
-# The API's own statements (server.py STATEMENTS), as pg_stat_statements shows them.
-DA_API = {sql.decode() for sql, _, _ in server.STATEMENTS.values()}
+# The API's own statements (server.py STATEMENTS_CITUS), as pg_stat_statements shows them.
+DA_API = {sql.decode() for sql, _, _ in server.STATEMENTS_CITUS.values()}
+TRANSACAO, EXTRATO = (server.STATEMENTS_CITUS[n][0].decode() for n in (b"transacao", b"extrato"))
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +70,7 @@ def chamadas_por_no(pilha):
         with conectar(pilha, no) as db:
             linhas = db.execute(
                 "select query, calls from pg_stat_statements where toplevel"
-                " and query ~ 'api\\.(transacao|extrato|confirmar)\\('"
+                " and query ~ 'api\\.(transacao|transacao_local|extrato|confirmar)\\('"
             ).fetchall()
         contagem = Counter()
         for query, calls in linhas:
@@ -118,22 +120,116 @@ def test_cada_chamada_vai_ao_dono_do_seu_cliente(pilha):
     for no, contagem in chamadas.items():
         meus = sum(1 for c in CLIENTES if dono[c] == no)
         assert contagem["repassada"] == 0, (no, contagem)
-        transacao, extrato = (next(s for s in DA_API if f"api.{f}(" in s) for f in ("transacao", "extrato"))
-        assert (contagem[transacao], contagem[extrato]) == (vezes * meus, vezes * meus), (no, contagem)
+        assert (contagem[TRANSACAO], contagem[EXTRATO]) == (vezes * meus, vezes * meus), (no, contagem)
+
+
+def corpo(valor, tipo):
+    return json.dumps({"valor": valor, "tipo": tipo, "descricao": "local"})
+
+
+def saldo(pilha, cliente):
+    with conectar(pilha) as db:
+        return db.execute("select saldo from crebito.cliente where id = %s", [cliente]).fetchone()[0]
+
+
+def test_transacao_local_no_dono_e_fora_dele(pilha):
+    """api.transacao_local answers as api.transacao on the client's node (its
+    own prepared statement on the shard's tables for a plain write, and
+    api.transacao for the rest), and nothing, doing nothing, on another."""
+    zerar(pilha)
+    dono = _donos(pilha)
+    c = 1
+    outro = next(n for n in workers(pilha) if n != dono[c])
+    with conectar(pilha, outro, "crebito_api") as api:
+        assert api.execute("select * from api.transacao_local(%s, %s)", [c, corpo(5, "c")]).fetchone() == (
+            None,
+            None,
+            None,
+        )
+    assert saldo(pilha, c) == 0
+    with conectar(pilha, dono[c], "crebito_api") as api:
+
+        def chamar(pedido, chave=None):
+            return api.execute(
+                "select status, resposta from api.transacao_local(%s, %s, %s)", [c, pedido, chave]
+            ).fetchone()
+
+        for i in range(1, 11):
+            assert chamar(corpo(7, "c")) == (200, f'{{"limite":100000,"saldo":{7 * i}}}')
+        assert saldo(pilha, c) == 70
+        # Each plain write ran the session's statement for the shard, kept as a generic plan.
+        [(planos, genericos)] = api.execute(
+            "select custom_plans + generic_plans, generic_plans from pg_prepared_statements where name = %s",
+            [f"crebito_lancar_{shard_de(pilha, c)}"],
+        ).fetchall()
+        assert planos == 10 and genericos > 0
+        assert chamar(corpo(100071, "d")) == (422, '{"erro" : "limite insuficiente"}')
+        assert chamar(corpo(2**63 - 1, "c")) == (422, '{"erro" : "o saldo passaria do máximo representável"}')
+        # The rest as api.transacao answers it, here.
+        assert chamar('{"valor": 1.5, "tipo": "c", "descricao": "x"}') == (
+            422,
+            '{"erro" : "valor deve ser um inteiro positivo de até 64 bits"}',
+        )
+        assert chamar(corpo(3, "d"), "k1") == (200, '{"limite":100000,"saldo":67}')
+        assert chamar(corpo(3, "d"), "k1") == (200, '{"limite":100000,"saldo":67}')
+        assert saldo(pilha, c) == 67
+        # An unknown client whose shard is here.
+        with conectar(pilha) as db:
+            ausente = next(
+                x
+                for x in range(6, 10_000)
+                if db.execute(
+                    "select nodeport from citus_shards where table_name = 'crebito.cliente'::regclass"
+                    " and shardid = get_shard_id_for_distribution_column('crebito.cliente', %s)",
+                    [x],
+                ).fetchone()[0]
+                == workers(pilha)[dono[c]]
+            )
+        assert api.execute("select status from api.transacao_local(%s, %s)", [ausente, corpo(1, "d")]).fetchone() == (
+            404,
+        )
+    with conectar(pilha) as db:
+        assert db.execute("select * from api.auditoria()").fetchall() == []
+
+
+def shard_de(pilha, cliente):
+    with conectar(pilha) as db:
+        return db.execute("select get_shard_id_for_distribution_column('crebito.cliente', %s)", [cliente]).fetchone()[0]
+
+
+def test_transacao_local_espera_quem_move_o_shard(pilha):
+    """A shard move holds its group's metadata lock exclusively on every node
+    while it copies (block_writes, the mode a cluster without logical WAL
+    has): a plain write through the shard's own tables waits for it, as
+    Citus's own writes do."""
+    zerar(pilha)
+    c = 2
+    dono = _donos(pilha)[c]
+    with conectar(pilha, dono) as mudanca, conectar(pilha, dono, "crebito_api") as api:
+        mudanca.execute("begin")
+        mudanca.execute("select lock_shard_metadata(7, array[%s::bigint])", [shard_de(pilha, c)])
+        api.execute("set lock_timeout = '300ms'")
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            api.execute("select * from api.transacao_local(%s, %s)", [c, corpo(9, "c")])
+        mudanca.execute("rollback")
+        assert api.execute("select status from api.transacao_local(%s, %s)", [c, corpo(9, "c")]).fetchone() == (200,)
+    assert saldo(pilha, c) == 9
 
 
 def test_shard_movido_sob_carga(pilha, pytestconfig):
-    """Client 1's shard group moves to the other worker under keyed load on
-    every client: no answer but 200/422 (and 503s, none expected), nothing lost
-    or doubled, the audit empty, and within the map's period (server.py,
-    Roteador.PERIODO) the calls for client 1 go to its new node."""
+    """Client 1's shard group moves to the other worker under load on every
+    client, half of it keyed (api.transacao through Citus) and half not (the
+    shard's own tables, api.transacao_local): no answer but 200/422 (and 503s,
+    none expected), nothing lost or doubled, the audit empty, and within the
+    map's period (server.py, Roteador.PERIODO) the calls for client 1 go to its
+    new node."""
     zerar(pilha)
     dono = _donos(pilha)
     porta = workers(pilha)
     origem = dono[1]
     destino = next(n for n in porta if n != origem)
     parar = threading.Event()
-    carga = [ClienteDoBanco(i, pilha, parar, CLIENTES) for i in range(4)]
+    carga = [ClienteDoBanco(i, pilha, parar, CLIENTES, com_chave=i % 2 == 0) for i in range(4)]
     for t in carga:
         t.start()
     try:
@@ -154,7 +250,7 @@ def test_shard_movido_sob_carga(pilha, pytestconfig):
     status = sum((c.status for c in carga), Counter())
     assert set(status) <= {200, 422, 503}, status
     assert not any(c.inesperadas for c in carga)
-    aceitas = {k for c in carga for k in c.aceitas}
+    aceitas = {k for c in carga if c.com_chave for k in c.aceitas}
     with conectar(pilha) as db:
         assert db.execute("select * from api.auditoria()").fetchall() == []
         no_livro = Counter(
@@ -163,10 +259,23 @@ def test_shard_movido_sob_carga(pilha, pytestconfig):
                 " on (t.cliente_id, t.lancamento) = (i.cliente_id, i.lancamento)"
             ).fetchall()
         )
-        [(linhas,)] = db.execute("select count(*) from crebito.transacao").fetchall()
+        sem_chave = Counter(
+            db.execute(
+                "select t.cliente_id, t.descricao from crebito.transacao as t where not exists"
+                " (select from crebito.idempotencia as i"
+                " where (i.cliente_id, i.lancamento) = (t.cliente_id, t.lancamento))"
+            ).fetchall()
+        )
     # Each acknowledged write once, and no ledger row without its key.
     assert all(no_livro[k] == 1 for k in aceitas), [k for k in aceitas if no_livro[k] != 1][:5]
-    assert linhas == sum(no_livro.values())
+    # Without keys, the description tells each request: every 200 once, every
+    # 422 never, an unanswered one at most once, and nothing else.
+    livres = [c for c in carga if not c.com_chave]
+    assert all(sem_chave[k] == 1 for c in livres for k in c.aceitas)
+    assert not any(sem_chave[k] for c in livres for k in c.recusadas)
+    assert sum(sem_chave.values()) - sum(len(c.aceitas) for c in livres) <= sum(len(c.abandonadas) for c in livres)
+    assert all(n == 1 for n in sem_chave.values())
+    assert sum(len(c.aceitas) for c in livres) > 100
 
     # Back on its owner once the map is read again.
     def no_novo_dono():

@@ -21,15 +21,11 @@ security definer
 set search_path = ''
 as $$
 declare
-    -- First key of the advisory locks that mark a client's writers in flight.
-    em_voo constant integer := 1;
     sozinho boolean;
-    ajustado text;
     leu_assincrono boolean := false;
     pedido jsonb := crebito.json_ou_nulo(corpo);
-    numero numeric;
     pedido_valor bigint;
-    pedido_tipo text := pedido ->> 'tipo';
+    pedido_tipo text;
     pedido_descricao text;
     saldo_novo bigint;
     limite_cliente bigint;
@@ -40,52 +36,17 @@ declare
 begin
     <<pedido_aplicado>>
     begin
-        if jsonb_typeof(pedido -> 'valor') = 'number' then
-            numero := (pedido ->> 'valor')::numeric;
-        end if;
-        if jsonb_typeof(pedido -> 'descricao') = 'string' then
-            pedido_descricao := pedido ->> 'descricao';
-        end if;
-
-        if jsonb_typeof(pedido) is distinct from 'object' then
-            problema := 'o corpo deve ser um objeto JSON válido, sem caracteres NUL';
-        elsif numero is null or numero < 1 or numero > 9223372036854775807 or numero <> trunc(numero) then
-            problema := 'valor deve ser um inteiro positivo de até 64 bits';
-        elsif pedido_tipo is null or pedido_tipo not in ('c', 'd') or jsonb_typeof(pedido -> 'tipo') <> 'string' then
-            problema := 'tipo deve ser "c" ou "d"';
-        elsif pedido_descricao is null or char_length(pedido_descricao) not between 1 and 10 then
-            problema := 'descricao deve ter de 1 a 10 caracteres';
-        elsif chave !~ '^[!-~]{1,64}$' then
-            problema := 'Idempotency-Key deve ter de 1 a 64 caracteres ASCII visíveis';
-        end if;
+        problema := crebito.problema(pedido, chave);
 
         if problema is not null then
             select r.status, r.resposta, r.assincrono into status, resposta, leu_assincrono
             from crebito.recusa(cliente, problema) as r;
             exit pedido_aplicado;
         end if;
-        pedido_valor := numero;
-
-        -- A writer of this client holds this lock until it commits: one that
-        -- finds no other holder takes it exclusively, and its commit may wait
-        -- for the disk, as nobody queues behind its row lock (one who comes
-        -- meanwhile waits here as briefly). The others hold it shared and commit
-        -- without waiting, so the row lock is free for the next one at once.
-        -- The lone writer, the official load's usual case, pays one call.
-        -- (Assignments, not PERFORM: a lone function call is then evaluated
-        -- directly instead of as a query, and this is on every write.)
-        sozinho := pg_catalog.pg_try_advisory_xact_lock(em_voo, cliente);
-        if not sozinho and not pg_catalog.pg_try_advisory_xact_lock_shared(em_voo, cliente) then
-            -- One that was alone holds it exclusively until its commit; once it
-            -- has committed, this one may be alone in turn.
-            perform pg_catalog.pg_advisory_xact_lock_shared(em_voo, cliente);
-            sozinho := pg_catalog.pg_try_advisory_xact_lock(em_voo, cliente);
-        end if;
-        -- Set in the body, a local setting lasts until the commit (a SET
-        -- clause would be undone when the function returns). Set either way,
-        -- so a caller's own session setting cannot make a lone commit skip
-        -- the flush its `duravel` promises.
-        ajustado := pg_catalog.set_config('synchronous_commit', case when sozinho then 'on' else 'off' end, true);
+        pedido_valor := (pedido ->> 'valor')::numeric;
+        pedido_tipo := pedido ->> 'tipo';
+        pedido_descricao := pedido ->> 'descricao';
+        sozinho := crebito.em_voo(cliente);
 
         if chave is not null then
             -- Taking the row lock first serialises requests that share a key.

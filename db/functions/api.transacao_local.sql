@@ -1,0 +1,104 @@
+-- Citus: api.transacao for a client whose shard is on this node, applied to
+-- the shard's own tables. Through the distributed tables, Citus plans each
+-- statement for the cluster, then writes its text out for the shard, parses
+-- and plans it again: twice plain PostgreSQL's CPU per call. Here a credit or
+-- debit is one statement on the shard tables, prepared once per session and
+-- shard and kept as a plain PostgreSQL plan.
+--
+-- It takes what Citus's own writes take first: the shard group's metadata
+-- lock, shared. A shard move takes it exclusively on every node while it
+-- copies (block_writes, the only mode without logical WAL; with logical
+-- replication, before the last catch-up) and holds it until the new placement
+-- is recorded, so a write here either lands before, and is copied, or waits
+-- for the move and then finds the shard gone from this node.
+--
+-- Same parameters and answers as api.transacao, but for a client whose shard
+-- is not here (the caller's map is older than a move): then every out
+-- parameter is null and nothing was done, and the caller sends the call as
+-- api.transacao, which Citus runs on the client's node. A call this function
+-- does not apply itself (an Idempotency-Key, a body api.transacao refuses)
+-- goes to api.transacao here, the client's node.
+create function api.transacao_local(
+    cliente integer,
+    corpo text,
+    chave text default null,
+    out status integer,
+    out resposta text,
+    out duravel boolean
+)
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+    -- ShareLock, in lock_shard_metadata's numbering.
+    compartilhado constant integer := 5;
+    pedido jsonb := crebito.json_ou_nulo(corpo);
+    pedido_valor bigint;
+    shard bigint;
+    sozinho boolean;
+    saldo_novo bigint;
+    limite_cliente bigint;
+    assincrono boolean;
+    preparou boolean;
+begin
+    shard := pg_catalog.get_shard_id_for_distribution_column('crebito.cliente', cliente);
+    perform pg_catalog.lock_shard_metadata(compartilhado, array[shard]);
+    -- Read after the lock: a move that ended meanwhile has recorded its new node.
+    if not exists (
+        select from pg_catalog.pg_dist_placement as p
+        inner join pg_catalog.pg_dist_local_group as g on p.groupid = g.groupid
+        where p.shardid = shard
+    ) then
+        return;
+    end if;
+    if chave is not null or crebito.problema(pedido, chave) is not null then
+        select t.status, t.resposta, t.duravel into status, resposta, duravel
+        from api.transacao(cliente, corpo, chave) as t;
+        return;
+    end if;
+
+    -- (Assignments, not PERFORM, as in crebito.em_voo.)
+    preparou := crebito.preparar_shard(shard, cliente);
+    sozinho := crebito.em_voo(cliente);
+    -- A debit is a negative credit here (see crebito.preparar_shard).
+    pedido_valor := (pedido ->> 'valor')::numeric;
+    if pedido ->> 'tipo' = 'd' then
+        pedido_valor := -pedido_valor;
+    end if;
+    -- EXECUTE of a prepared statement takes no $n: its arguments are
+    -- literals, every one a number, a boolean or quoted.
+    execute 'execute crebito_lancar_' || shard || '(' || cliente || ', ' || pedido_valor || ', '
+    || (not sozinho) || ', ' || pg_catalog.quote_literal(pedido ->> 'tipo') || ', '
+    || pg_catalog.quote_literal(pedido ->> 'descricao') || ')'
+    into saldo_novo, limite_cliente;
+    if saldo_novo is not null then
+        status := 200;
+        resposta := '{"limite":' || limite_cliente || ',"saldo":' || saldo_novo || '}';
+        duravel := sozinho;
+        return;
+    end if;
+
+    -- Refused, as crebito.recusa answers, from the row as it is now that the
+    -- UPDATE has waited for whoever held it.
+    execute 'execute crebito_cliente_' || shard || '(' || cliente || ')' into assincrono;
+    if assincrono is null then
+        status := 404;
+        resposta := crebito.erro('cliente não encontrado');
+    else
+        status := 422;
+        resposta := crebito.erro(
+            case
+                when pedido_valor > 0 then 'o saldo passaria do máximo representável'
+                else 'limite insuficiente'
+            end
+        );
+        -- As api.transacao: a refusal that rests on a change made without
+        -- waiting for the disk waits for it.
+        if assincrono then
+            perform crebito.descarregar_no_commit();
+        end if;
+    end if;
+    duravel := true;
+end;
+$$;
