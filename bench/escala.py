@@ -96,8 +96,13 @@ def chamar(conninfos, modo, clientes, segundos, semente, pronto, comecar, saida)
         conns = [sessao(c, statements) for c in conninfos.values()]
         conn_de = lambda cliente: conns[0]  # noqa: E731
     aleatorio = random.Random(semente)
-    for _ in range(10):
+    # As an API session that has served a while: every statement planned, on
+    # a cluster for every shard it calls (api.transacao_local prepares its own
+    # per shard), by debits no limit allows, which change nothing.
+    recusado = b'{"valor": 9223372036854775807, "tipo": "d", "descricao": "aquecer"}'
+    for _ in range(300):
         cliente = str(aleatorio.choice(clientes)).encode()
+        conn_de(cliente).exec_prepared(b"transacao", [cliente, recusado, None])
         conn_de(cliente).exec_prepared(b"extrato", [cliente])
     pronto.put(True)
     comecar.wait()

@@ -29,6 +29,10 @@ create function api.transacao_local(
 language plpgsql
 security definer
 set search_path = ''
+-- A session keeps one plan per shard of each statement it prepared: generic
+-- from the first call, instead of five custom ones per session and shard
+-- (api.transacao, called from here, asks for custom plans for itself).
+set plan_cache_mode = force_generic_plan
 as $$
 declare
     -- ShareLock, in lock_shard_metadata's numbering.
