@@ -4,15 +4,17 @@ Three stacks at once, started by the launcher: single-node, Citus with one
 worker and Citus with two, each seeded with the same many clients
 (crebito.semear) and each database node (the one cluster, the coordinator,
 every worker) confined to the same CPU quota in a cgroup of its own. A load
-driver (processes calling server.py's prepared statements over libpq, with
-api.transacao_local where each call goes to its client's node) runs the official mix (debito :
-credito : extrato = 220 : 110 : 10) straight against the nodes the API
-instances talk to: the one cluster, the one worker, or both workers (`-c`
-connections to each). No HTTP or HAProxy in the way: the database nodes are
-what is measured, and the driver runs outside their quota. Two ways of
-picking the client of a call on a cluster:
-- `qualquer`: any client, on any worker, as api01/api02 do: a call for a
-  client of the other worker is passed to it whole (delegation);
+driver (processes calling server.py's prepared statements over libpq: on a
+cluster whose calls go to their client's node, api.transacao_local) runs
+the official mix (debito : credito : extrato = 220 : 110 : 10) straight
+against the nodes the API instances talk to: the one cluster, the one
+worker, or both workers (`-c` connections to each). No HTTP or HAProxy in
+the way: the database nodes are what is measured, and the driver runs
+outside their quota. Three ways of picking the client of a call on a
+cluster:
+- `qualquer`: any client, on any worker, through Citus (api.transacao), as
+  the API sent them before it routed: a call for a client of the other
+  worker is passed to it whole (delegation);
 - `dono`: each worker gets only the clients it holds, as a router that knows
   the shard map would send them;
 - `api`: any client, each call sent by the code server.py routes with

@@ -192,6 +192,24 @@ def test_transacao_local_no_dono_e_fora_dele(pilha):
         assert db.execute("select * from api.auditoria()").fetchall() == []
 
 
+def test_escrita_fora_do_dono_vai_pela_citus(pilha):
+    """server.py on a node without the client (a map older than a move): the
+    write is sent again as api.transacao, which Citus runs on the owner, once,
+    and the router is told its map is stale."""
+    zerar(pilha)
+    c = 3
+    outro = next(n for n in workers(pilha) if n != _donos(pilha)[c])
+    avisos = []
+    banco = server.BancoCitus(pilha.dsn("crebito_api", no=outro).encode(), None, lambda: avisos.append(1))
+    try:
+        status, _, resposta = banco.chamar(b"transacao", [str(c).encode(), corpo(11, "c").encode(), None], False)
+    finally:
+        banco._descartar()
+    assert (status, resposta) == ("200 OK", b'{"limite":1000000,"saldo":11}')
+    assert avisos == [1]
+    assert saldo(pilha, c) == 11
+
+
 def shard_de(pilha, cliente):
     with conectar(pilha) as db:
         return db.execute("select get_shard_id_for_distribution_column('crebito.cliente', %s)", [cliente]).fetchone()[0]
