@@ -293,7 +293,7 @@ def test_shard_movido_sob_carga(pilha, pytestconfig):
     assert not any(sem_chave[k] for c in livres for k in c.recusadas)
     assert sum(sem_chave.values()) - sum(len(c.aceitas) for c in livres) <= sum(len(c.abandonadas) for c in livres)
     assert all(n == 1 for n in sem_chave.values())
-    assert sum(len(c.aceitas) for c in livres) > 100
+    assert sum(len(c.aceitas) for c in livres) > 20
 
     # Back on its owner once the map is read again.
     def no_novo_dono():
