@@ -65,9 +65,8 @@ CASOS_HTTP = (("unico", 0, "http"), ("citus1", 1, "http"), ("citus2", 2, "http")
 MIX = (("debito", 220), ("credito", 110), ("extrato", 10))
 
 
-def sessao(conninfo, statements=server.STATEMENTS):
-    """A session with the API's statements, server.py's own text: on a cluster
-    whose calls go to their client's node, STATEMENTS_CITUS."""
+def sessao(conninfo, statements):
+    """A session with the API's statements, in server.py's own text."""
     conn = pq.PGconn.connect(conninfo)
     assert conn.status == pq.ConnStatus.OK, conn.get_error_message()
     for nome in (b"transacao", b"extrato"):
@@ -75,9 +74,9 @@ def sessao(conninfo, statements=server.STATEMENTS):
     return conn
 
 
-def roteador(conninfos):
+def roteador(conninfos, statements):
     """Mode `api`: a session on every node and server.py's way of picking one."""
-    conns = {porta: sessao(c, server.STATEMENTS_CITUS) for porta, c in conninfos.items()}
+    conns = {porta: sessao(c, statements) for porta, c in conninfos.items()}
     linhas = next(iter(conns.values())).exec_(b"select minimo, maximo, endereco, porta from api.shards()")
     mapa = roteamento.Mapa(
         [[int(linhas.get_value(i, j)) if j != 2 else "" for j in range(4)] for i in range(linhas.ntuples)]
@@ -91,10 +90,11 @@ def chamar(conninfos, modo, clientes, segundos, semente, pronto, comecar, saida)
     calls, or (mode `api`) of every node it routes between. Connecting, and
     the first calls that fill a new session's caches, come before, outside
     what is measured."""
+    # Calls sent to their client's node go as the API sends them there.
+    statements = server.STATEMENTS if modo == "qualquer" else server.STATEMENTS_CITUS
     if modo == "api":
-        conn_de, conns = roteador(conninfos)
+        conn_de, conns = roteador(conninfos, statements)
     else:
-        statements = server.STATEMENTS_CITUS if modo == "dono" else server.STATEMENTS
         conns = [sessao(c, statements) for c in conninfos.values()]
         conn_de = lambda cliente: conns[0]  # noqa: E731
     aleatorio = random.Random(semente)

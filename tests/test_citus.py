@@ -28,7 +28,7 @@ pytestmark = pytest.mark.parametrize("topologia", ["citus"], indirect=True, scop
 CLIENTES = range(1, 6)
 
 
-def donos(stack, db):
+def donos(stack, db, clientes=CLIENTES):
     """{cliente: name of the worker holding its shards}."""
     porta_nome = {n["porta"]: n["nome"] for n in stack.nos}
     return {
@@ -39,7 +39,7 @@ def donos(stack, db):
                 [c],
             ).fetchone()[0]
         ]
-        for c in CLIENTES
+        for c in clientes
     }
 
 

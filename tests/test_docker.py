@@ -572,8 +572,8 @@ def test_consumo_de_cada_conteiner(http):
     runs it) answers on 127.0.0.1 only, as no root, with the native names: each
     container's CPU, which moves with the load, and memory, the exporters' too;
     a restarted container's new processes are found."""
+    from test_metricas import cpu_moveu, soma
     from test_metricas import escutas_tcp as escutas_da_maquina
-    from test_metricas import soma
 
     projeto = http.projeto
     consumo = projeto.env["CREBITO_METRICAS_PROCESSOS"]
@@ -583,17 +583,13 @@ def test_consumo_de_cada_conteiner(http):
         assert 0 not in uids(pid), pid
     servicos = (*SERVICOS, *OBSERVACAO, "metricas-processos")
     assert esperar(lambda: all(soma(consumo, "process_processes", processo=s) for s in servicos), 10, passo=0.2)
-    antes = soma(consumo, "process_cpu_seconds_total", processo="api01")
 
-    def carregou():
-        # Round robin: half of them through api01's workers. The kernel counts
-        # CPU in ticks of 10 ms, charged to whoever runs at the tick, so a
-        # batch may show nothing: send batches until it moves, up to 2,000.
+    def carregar():
+        # Round robin: half of them through api01's workers.
         for i in range(200):
             assert http.extrato(1 + i % 5).status == 200
-        return soma(consumo, "process_cpu_seconds_total", processo="api01") > antes
 
-    assert any(carregou() for _ in range(10))
+    assert cpu_moveu(carregar, lambda: soma(consumo, "process_cpu_seconds_total", processo="api01"))
     for servico in servicos:
         assert soma(consumo, "process_resident_memory_bytes", processo=servico) > 0, servico
         assert soma(consumo, "process_resident_private_memory_bytes", processo=servico) > 0, servico

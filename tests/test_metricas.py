@@ -201,21 +201,27 @@ def test_figuras_do_livro_batem_com_o_livro(http, db):
     assert set(figuras) == com_livro
 
 
+def cpu_moveu(carregar, cpu, vezes=10):
+    """Whether cpu() grows while carregar() sends load, batch after batch, up
+    to `vezes`: the kernel counts CPU in ticks of 10 ms, charged to whoever
+    runs at the tick, so one batch of short calls may show nothing."""
+    antes = cpu()
+    for _ in range(vezes):
+        carregar()
+        if cpu() > antes:
+            return True
+    return False
+
+
 def test_consumo_de_cada_processo(http):
     consumo = endereco(http, "processos")
     nomes = ["api01", "api02", "haproxy", *(n["nome"] for n in http.nos)]
-    antes = {p: soma(consumo, "process_cpu_seconds_total", processo=p) for p in nomes}
 
     def cpu(p):
         return soma(consumo, "process_cpu_seconds_total", processo=p)
 
-    def carregou():
-        # The kernel counts CPU in ticks (10 ms), charged to whoever runs at the
-        # tick: a batch may show nothing, so send batches until it moves.
-        carga(http, 150)
-        return cpu("api01") + cpu("api02") > antes["api01"] + antes["api02"]
-
-    assert any(carregou() for _ in range(10))
+    antes = {p: cpu(p) for p in nomes}
+    assert cpu_moveu(lambda: carga(http, 150), lambda: cpu("api01") + cpu("api02"))
     for p in nomes:
         assert soma(consumo, "process_resident_memory_bytes", processo=p) > 0, p
         assert soma(consumo, "process_processes", processo=p) >= 1, p

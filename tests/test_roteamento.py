@@ -175,16 +175,7 @@ def test_transacao_local_no_dono_e_fora_dele(pilha):
         assert saldo(pilha, c) == 67
         # An unknown client whose shard is here.
         with conectar(pilha) as db:
-            ausente = next(
-                x
-                for x in range(6, 10_000)
-                if db.execute(
-                    "select nodeport from citus_shards where table_name = 'crebito.cliente'::regclass"
-                    " and shardid = get_shard_id_for_distribution_column('crebito.cliente', %s)",
-                    [x],
-                ).fetchone()[0]
-                == workers(pilha)[dono[c]]
-            )
+            ausente = next(x for x in range(6, 10_000) if donos(pilha, db, [x])[x] == dono[c])
         assert api.execute("select status from api.transacao_local(%s, %s)", [ausente, corpo(1, "d")]).fetchone() == (
             404,
         )
