@@ -226,8 +226,9 @@ def main():
     pilhas = {}
     cg = None
     try:
-        for pilha_nome, workers, _ in lista:
-            if pilha_nome.split("-")[0] in pilhas:
+        for caso, workers, _ in lista:
+            pilha_nome = caso.split("-")[0]
+            if pilha_nome in pilhas:
                 continue
             # The driver talks to the nodes itself: one API worker per instance
             # then, so the API's idle sessions (one per worker on every node)

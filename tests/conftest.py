@@ -156,6 +156,24 @@ class Stack:
         if not self.atendeu(limite):
             raise RuntimeError("the stack did not answer in time")
 
+    def nos_no_ar(self):
+        """Whether every node's PostgreSQL runs. HA answers once its primary
+        does, while the standby may still be cloned from it: Patroni's /health
+        answers 200 only where PostgreSQL runs."""
+        for no in self.nos:
+            if not no.get("porta_rest"):
+                continue
+            conn = HTTPConnection("127.0.0.1", no["porta_rest"], timeout=2)
+            try:
+                conn.request("GET", "/health")
+                if conn.getresponse().status != 200:
+                    return False
+            except OSError:
+                return False
+            finally:
+                conn.close()
+        return True
+
 
 @contextlib.contextmanager
 def stack_temporaria(workers, prefixo="crebito-test-", citus_workers=0, ha=False, pg_conf=None):
@@ -214,6 +232,7 @@ def topologia(request):
 @pytest.fixture(scope="session")
 def stack(topologia):
     with stack_temporaria(workers=2, citus_workers=2 if topologia == "citus" else 0, ha=topologia == "ha") as s:
+        assert esperar(s.nos_no_ar, 90), "a node's PostgreSQL did not start"
         yield s
 
 
