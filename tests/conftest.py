@@ -160,19 +160,21 @@ class Stack:
         """Whether every node's PostgreSQL runs. HA answers once its primary
         does, while the standby may still be cloned from it: Patroni's /health
         answers 200 only where PostgreSQL runs."""
-        for no in self.nos:
-            if not no.get("porta_rest"):
-                continue
-            conn = HTTPConnection("127.0.0.1", no["porta_rest"], timeout=2)
-            try:
-                conn.request("GET", "/health")
-                if conn.getresponse().status != 200:
-                    return False
-            except OSError:
-                return False
-            finally:
-                conn.close()
-        return True
+        return all(rest(self, no["nome"], "/health")[0] == 200 for no in self.nos if no.get("porta_rest"))
+
+
+def rest(stack, nome, caminho):
+    """(status, body) of a GET on HA node nome's Patroni REST API; (None, b"") when it does not answer."""
+    no = next(n for n in stack.nos if n["nome"] == nome)
+    conn = HTTPConnection("127.0.0.1", no["porta_rest"], timeout=2)
+    try:
+        conn.request("GET", caminho)
+        r = conn.getresponse()
+        return r.status, r.read()
+    except OSError:
+        return None, b""
+    finally:
+        conn.close()
 
 
 @contextlib.contextmanager

@@ -15,11 +15,10 @@ import sys
 import threading
 import time
 from collections import Counter
-from http.client import HTTPConnection
 
 import psycopg
 import pytest
-from conftest import RAIZ, esperar, relatar, stack_temporaria, zerar
+from conftest import RAIZ, esperar, relatar, rest, stack_temporaria, zerar
 from test_auditoria import make_auditoria
 from test_falhas import SEM_RESPOSTA, ClienteDoBanco, filhos
 
@@ -40,19 +39,6 @@ def pilha():
     with stack_temporaria(WORKERS, prefixo="crebito-ha-", ha=True) as s:
         assert esperar(lambda: par(s), 90), estados(s)
         yield s
-
-
-def rest(pilha, nome, caminho):
-    no = next(n for n in pilha.nos if n["nome"] == nome)
-    conn = HTTPConnection("127.0.0.1", no["porta_rest"], timeout=2)
-    try:
-        conn.request("GET", caminho)
-        r = conn.getresponse()
-        return r.status, r.read()
-    except OSError:
-        return None, b""
-    finally:
-        conn.close()
 
 
 def estados(pilha):
