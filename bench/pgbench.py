@@ -137,7 +137,7 @@ def main():
         sys.exit("diga onde está a pilha: --var DIR (ou CREBITO_VAR), ou use --nova")
     with open(os.path.join(args.var, "postgres.pid")) as f:
         postmaster = int(f.read())
-    pg_args = ["-h", os.path.join(args.var, "pgrun"), "-p", "5432", "-U", "postgres", "-d", "crebito"]
+    pg_args = ["-h", os.path.join(args.var, "pgrun"), "-p", "5432", "-U", "postgres", "crebito"]
     for c in clientes:
         imprimir(rodar(pg_args, args.segundos, c, min(args.threads, c), postmaster))
 

@@ -224,9 +224,11 @@ class Pilha:
 
     def pg(self, no=None):
         """Arguments for psql/pgbench to reach the database (a node by name,
-        default the coordinator or the only node), through its unix socket."""
+        default the coordinator or the only node), through its unix socket. The
+        database goes by position, where both read it: pgbench takes -d for
+        --debug, which logs every command it sends."""
         n = next(n for n in self.nos() if n["nome"] == no) if no else self.nos()[0]
-        return ["-h", n["pgrun"], "-p", str(n["porta"]), "-U", "postgres", "-d", "crebito"]
+        return ["-h", n["pgrun"], "-p", str(n["porta"]), "-U", "postgres", "crebito"]
 
     def parar(self, guardar_log=None):
         if self.launcher is not None and self.launcher.poll() is None:

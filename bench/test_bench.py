@@ -132,8 +132,16 @@ def test_carga_curta_contra_a_pilha_real(tmp_path):
     try:
         p.iniciar()
         resumo = carga.main(["--url", p.url, "--rampa", "3", "--platô", "2", "--saida", str(tmp_path)])
+        # pilha.pg()'s arguments, as bench/pgbench.py gives them to pgbench, name the
+        # database without its debug log (-d is --debug to pgbench), which writes
+        # every command sent and slows the client being measured.
+        aqui = os.path.dirname(os.path.abspath(__file__))
+        comando = ["pgbench", "-n", "-M", "prepared", "-t", "2", "-f", os.path.join(aqui, "extrato.sql"), *p.pg()]
+        banco = subprocess.run(comando, capture_output=True, text=True)
     finally:
         p.parar()
+    assert "actually processed: 2/2" in banco.stdout, banco.stdout + banco.stderr
+    assert "pghost:" not in banco.stderr  # the debug log's first line
     assert resumo["pontuacao"]["inconsistencias"] == 0
     for grupo in ("debitos", "creditos", "extratos"):
         assert resumo["grupos"][grupo]["ko"] == 0, resumo["motivos_ko"]
