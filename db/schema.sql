@@ -1,8 +1,8 @@
 -- The whole database of crebito: tables, roles, seed and the API functions.
 -- Run once on an empty database with `psql -v ON_ERROR_STOP=1 -f db/schema.sql`
 -- (the Docker image's init directory runs it the same way). On a Citus
--- cluster, on the coordinator once the workers are added, with `-v citus=1`:
--- the same schema, sharded by client id.
+-- cluster, on the coordinator once the workers are added, with `-v citus=1`
+-- and `-v shards=N`: the same schema, sharded by client id into N shards.
 
 -- Roles first. `crebito` owns every schema, table and function but is no
 -- superuser and cannot log in (but on a cluster): the SECURITY DEFINER functions run with its
@@ -80,7 +80,7 @@ create table crebito.idempotencia (
 \if :{?citus}
 -- Distributed load: every table sharded by client id, the shards of one
 -- client colocated, so all of a client's rows live on one worker.
-select create_distributed_table('crebito.cliente', 'id');
+select create_distributed_table('crebito.cliente', 'id', shard_count => :shards);
 select create_distributed_table('crebito.transacao', 'cliente_id', colocate_with => 'crebito.cliente');
 select create_distributed_table('crebito.idempotencia', 'cliente_id', colocate_with => 'crebito.cliente');
 \endif

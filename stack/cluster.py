@@ -209,7 +209,7 @@ class Cluster:
         log("loading db/schema.sql")
         if self.citus:
             self.montar_cluster()
-            self.psql(no, "-v", "citus=1", "-f", "db/schema.sql")
+            self.psql(no, "-v", "citus=1", "-v", f"shards={topologia.shards(self.nos)}", "-f", "db/schema.sql")
         else:
             self.psql(no, "-c", "create database crebito", banco="postgres")
             self.psql(no, "-f", "db/schema.sql")

@@ -124,6 +124,21 @@ AMBIENTE_API = {
 }
 
 
+# Citus: shards of each table per worker the cluster is created with, instead
+# of Citus's 32 in all. Each API session on a worker keeps two prepared
+# statements and the relation caches of every shard it touches: with 8 shards
+# a worker spent 0.89x the CPU per call of one with 32 under pgbench, and 4 per
+# worker about 0.95x through the API (bench/RESULTADOS.md, 2026-12-07).
+# Shards move between workers, so a cluster grows by moving them up to this
+# many times its first size; past that, alter_distributed_table(shard_count
+# => N) rewrites the tables.
+SHARDS_POR_WORKER = 4
+
+
+def shards(lista):
+    return SHARDS_POR_WORKER * len(workers(lista))
+
+
 def ambiente_api(lista):
     return AMBIENTE_API.get(lista[0].papel, {})
 

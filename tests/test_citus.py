@@ -22,6 +22,7 @@ from test_seguranca_host import arvore, uids
 
 sys.path.insert(0, os.path.join(RAIZ, "stack"))
 import launcher  # noqa: E402
+from topologia import SHARDS_POR_WORKER  # noqa: E402
 
 pytestmark = pytest.mark.parametrize("topologia", ["citus"], indirect=True, scope="session")
 
@@ -57,6 +58,8 @@ def test_shards_so_nos_workers_e_colocados(stack, db):
         for t in ("crebito.cliente", "crebito.transacao", "crebito.idempotencia")
         for w in ("worker1", "worker2")
     }
+    # Each table in as many shards per worker as the cluster was created for.
+    assert {n for _, _, n in onde} == {SHARDS_POR_WORKER}
     colocacoes = db.execute(
         "select count(distinct colocation_id) from citus_tables where table_name::text like 'crebito.%'"
     ).fetchone()
