@@ -29,8 +29,9 @@ The stacks take turns, round after round, so the noise of the shared machine
 falls on all of them alike.
 
 Reports per stack and mode the calls per second and the CPU ms per call of all
-its database nodes (their cgroups' counters), the medians of the rounds and
-the ratios two workers : one worker and one worker : single-node.
+its database nodes (their cgroups' counters), the medians of the rounds, and
+the ratios two workers : one worker and one worker : single-node, each the
+median of the rounds' own ratios.
 
     .venv/bin/python bench/escala.py [--contas 100000] [--cpus 0.25] [-T 20] [-c 16] [--rodadas 3] [--http]
 """
@@ -294,14 +295,20 @@ def main():
             f"  {caso:<12} {mediana(caso, 0):>8.1f} chamadas/s ({mediana(caso, 2):>6.1f} na cota)"
             f"  {mediana(caso, 1):.3f} ms de CPU por chamada (todos os nós)"
         )
+
+    def razao(rotulo, de, sobre, i):
+        # Per round: the stacks of one round ran minutes apart at most, so the
+        # machine's drift between rounds falls out of each ratio.
+        razoes = [b[i] / a[i] for a, b in zip(medidas[sobre], medidas[de], strict=True)]
+        por_rodada = ", ".join(f"{x:.2f}" for x in razoes)
+        print(f"  {rotulo}: {statistics.median(razoes):.2f}x (por rodada: {por_rodada})")
+
     for dois in (c for c in medidas if c.startswith("citus2")):
         for i, rotulo in ((0, "medido"), (2, "na cota")):
-            razoes = [b[i] / a[i] for a, b in zip(medidas["citus1"], medidas[dois], strict=True)]
-            por_rodada = ", ".join(f"{x:.2f}" for x in razoes)
-            print(f"  {dois} / citus1, {rotulo}: {statistics.median(razoes):.2f}x (por rodada: {por_rodada})")
-    print(f"  citus1 / unico, na cota: {mediana('citus1', 2) / mediana('unico', 2):.2f}x")
+            razao(f"{dois} / citus1, {rotulo}", dois, "citus1", i)
+    razao("citus1 / unico, na cota", "citus1", "unico", 2)
     for caso in (c for c in medidas if c != "unico"):
-        print(f"  CPU por chamada, {caso} / unico: {mediana(caso, 1) / mediana('unico', 1):.2f}x")
+        razao(f"CPU por chamada, {caso} / unico", caso, "unico", 1)
 
 
 if __name__ == "__main__":
