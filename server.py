@@ -77,19 +77,22 @@ STATEMENTS = {
     b"extrato": (b"select status, resposta, duravel from api.extrato($1)", [INT4_OID], [0]),
     b"confirmar": (b"select descarregou from api.confirmar($1)", [INT4_OID], [0]),
 }
-# Citus: a write is applied to the shard's own tables by api.transacao_local,
-# and sent as api.transacao, which Citus forwards to the client's node, when
-# this node does not hold it. The function's call sits in a CTE because Citus
-# keeps a plain call of a cluster-wide function with parameters from a kept
-# plan, planning it anew each time (its shape for forwarding it).
+# Citus: a write or an extrato runs on the shard's own tables
+# (api.transacao_local, api.extrato_local), and is sent again through Citus
+# (api.transacao, api.extrato), which forwards it to the client's node, when
+# this node does not hold it. Each call sits in a CTE because Citus keeps a
+# plain call of a cluster-wide function with parameters from a kept plan,
+# planning it anew each time (its shape for forwarding it).
+LOCAIS = {b"transacao": b"api.transacao_local($1, $2, $3)", b"extrato": b"api.extrato_local($1)"}
+REPASSES = {nome: b"repassar_" + nome for nome in LOCAIS}
 STATEMENTS_CITUS = {
     **STATEMENTS,
-    b"transacao": (
-        b"with t as materialized (select * from api.transacao_local($1, $2, $3))"
-        b" select status, resposta, duravel from t",
-        *STATEMENTS[b"transacao"][1:],
-    ),
-    b"repassar": STATEMENTS[b"transacao"],
+    **{
+        nome: (b"with t as materialized (select * from " + chamada + b") select status, resposta, duravel from t",)
+        + STATEMENTS[nome][1:]
+        for nome, chamada in LOCAIS.items()
+    },
+    **{REPASSES[nome]: STATEMENTS[nome] for nome in LOCAIS},
 }
 OK = pq.ConnStatus.OK
 TUPLES_OK = pq.ExecStatus.TUPLES_OK
@@ -254,10 +257,11 @@ class Banco:
 
 
 class BancoCitus(Banco):
-    """A Citus worker node: a write goes as api.transacao_local, which answers
-    nothing (null status) and does nothing when the node does not hold the
-    client's shard; the call then goes again as api.transacao, for Citus to
-    forward, and `mapa_velho` is told."""
+    """A Citus worker node: a write or an extrato goes as api.transacao_local
+    or api.extrato_local, which answer nothing (null status) and do nothing
+    when the node does not hold the client's shard; the call then goes again
+    as api.transacao or api.extrato, for Citus to forward, and `mapa_velho` is
+    told."""
 
     def __init__(self, conninfo, prazo, mapa_velho):
         super().__init__(conninfo, prazo, STATEMENTS_CITUS)
@@ -265,9 +269,9 @@ class BancoCitus(Banco):
 
     def _executar(self, nome, params, formatos=None):
         res = super()._executar(nome, params, formatos)
-        if nome == b"transacao" and res.status == TUPLES_OK and res.get_value(0, 0) is None:
+        if nome in REPASSES and res.status == TUPLES_OK and res.get_value(0, 0) is None:
             self.mapa_velho()
-            res = super()._executar(b"repassar", params, formatos)
+            res = super()._executar(REPASSES[nome], params, formatos)
         return res
 
 

@@ -99,6 +99,8 @@ insert into crebito.cliente (id, limite) values
 \ir functions/crebito.descarregar_no_commit.sql
 \ir functions/crebito.problema.sql
 \ir functions/crebito.em_voo.sql
+\ir functions/crebito.lancamento_json.sql
+\ir functions/crebito.extrato_resposta.sql
 \ir functions/api.transacao.sql
 \ir functions/api.confirmar.sql
 \ir functions/api.extrato.sql
@@ -123,8 +125,9 @@ select create_distributed_function('api.confirmar(integer)', 'cliente', colocate
 alter function api.transacao(integer, text, text) set plan_cache_mode = force_custom_plan;
 alter function api.extrato(integer) set plan_cache_mode = force_custom_plan;
 \ir functions/api.shards.sql
-\ir functions/crebito.preparar_shard.sql
+\ir functions/crebito.shard_local.sql
 \ir functions/api.transacao_local.sql
+\ir functions/api.extrato_local.sql
 \endif
 
 -- Least privilege, PostgREST style: the API role may only EXECUTE the

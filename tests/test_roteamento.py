@@ -70,7 +70,7 @@ def chamadas_por_no(pilha):
         with conectar(pilha, no) as db:
             linhas = db.execute(
                 "select query, calls from pg_stat_statements where toplevel"
-                " and query ~ 'api\\.(transacao|transacao_local|extrato|confirmar)\\('"
+                " and query ~ 'api\\.(transacao|transacao_local|extrato|extrato_local|confirmar)\\('"
             ).fetchall()
         contagem = Counter()
         for query, calls in linhas:
@@ -181,6 +181,46 @@ def test_transacao_local_no_dono_e_fora_dele(pilha):
         )
     with conectar(pilha) as db:
         assert db.execute("select * from api.auditoria()").fetchall() == []
+
+
+def test_extrato_local_no_dono_e_fora_dele(pilha):
+    """api.extrato_local answers as api.extrato on the client's node, from the
+    shard's own tables, and nothing on another; server.py then sends it on
+    through Citus."""
+    zerar(pilha)
+    dono = _donos(pilha)
+    c = 4
+    outro = next(n for n in workers(pilha) if n != dono[c])
+    for valor, tipo in ((30, "c"), (7, "d"), (5, "c")):
+        assert pilha.transacao(c, valor, tipo, "local").status == 200
+
+    def sem_data(resposta):
+        corpo = json.loads(resposta)
+        assert corpo["saldo"].pop("data_extrato")
+        return corpo
+
+    with conectar(pilha, dono[c], "crebito_api") as api:
+        local = api.execute("select status, resposta, duravel from api.extrato_local(%s)", [c]).fetchone()
+        pela_citus = api.execute("select status, resposta, duravel from api.extrato(%s)", [c]).fetchone()
+        assert local[0] == pela_citus[0] == 200 and local[2] is pela_citus[2] is True
+        assert sem_data(local[1]) == sem_data(pela_citus[1])
+        assert [t["valor"] for t in sem_data(local[1])["ultimas_transacoes"]] == [5, 7, 30]
+        with conectar(pilha) as db:
+            ausente = next(x for x in range(6, 10_000) if donos(pilha, db, [x])[x] == dono[c])
+        assert api.execute("select status, resposta from api.extrato_local(%s)", [ausente]).fetchone() == (
+            404,
+            '{"erro" : "cliente não encontrado"}',
+        )
+    with conectar(pilha, outro, "crebito_api") as api:
+        assert api.execute("select * from api.extrato_local(%s)", [c]).fetchone() == (None, None, None)
+    avisos = []
+    banco = server.BancoCitus(pilha.dsn("crebito_api", no=outro).encode(), None, lambda: avisos.append(1))
+    try:
+        status, _, resposta = banco.chamar(b"extrato", [str(c).encode()], True)
+    finally:
+        banco._descartar()
+    assert status == "200 OK" and sem_data(resposta) == sem_data(local[1])
+    assert avisos == [1]
 
 
 def test_escrita_fora_do_dono_vai_pela_citus(pilha):

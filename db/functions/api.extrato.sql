@@ -25,39 +25,26 @@ declare
 begin
     select
         200,
-        json_build_object(
-            'saldo', json_build_object(
-                'total', c.saldo,
-                'data_extrato', to_char(now() at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-                'limite', c.limite
-            ),
-            'ultimas_transacoes', coalesce(
-                (
-                    select
-                        json_agg(
-                            json_build_object(
-                                'valor', t.valor,
-                                'tipo', t.tipo::text,
-                                'descricao', t.descricao,
-                                'realizada_em', to_char(
-                                    t.realizada_em at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'
-                                )
-                            )
-                            order by t.lancamento desc
-                        )
-                    from (
-                        select t.lancamento, t.valor, t.tipo, t.descricao, t.realizada_em
-                        from crebito.transacao as t
-                        -- The parameter, not c.id: on a cluster a filter on
-                        -- the distribution column keeps the query on one shard.
-                        where t.cliente_id = cliente
+        crebito.extrato_resposta(
+            c.saldo,
+            c.limite,
+            (
+                select
+                    json_agg(
+                        crebito.lancamento_json(t.valor, t.tipo, t.descricao, t.realizada_em)
                         order by t.lancamento desc
-                        limit 10
-                    ) as t
-                ),
-                '[]'
+                    )
+                from (
+                    select t.lancamento, t.valor, t.tipo, t.descricao, t.realizada_em
+                    from crebito.transacao as t
+                    -- The parameter, not c.id: on a cluster a filter on
+                    -- the distribution column keeps the query on one shard.
+                    where t.cliente_id = cliente
+                    order by t.lancamento desc
+                    limit 10
+                ) as t
             )
-        )::text,
+        ),
         c.assincrono
     into status, resposta, assincrono
     from crebito.cliente as c

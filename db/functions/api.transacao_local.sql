@@ -5,12 +5,8 @@
 -- debit is one statement on the shard tables, prepared once per session and
 -- shard and kept as a plain PostgreSQL plan.
 --
--- It takes what Citus's own writes take first: the shard group's metadata
--- lock, shared. A shard move takes it exclusively on every node while it
--- copies (block_writes, the only mode without logical WAL; with logical
--- replication, before the last catch-up) and holds it until the new placement
--- is recorded, so a write here either lands before, and is copied, or waits
--- for the move and then finds the shard gone from this node.
+-- crebito.shard_local finds the shard here, under Citus's shard metadata lock,
+-- and prepares the statement.
 --
 -- Same parameters and answers as api.transacao, but for a client whose shard
 -- is not here (the caller's map is older than a move): then every out
@@ -35,27 +31,15 @@ set search_path = ''
 set plan_cache_mode = force_generic_plan
 as $$
 declare
-    -- ShareLock, in lock_shard_metadata's numbering.
-    compartilhado constant integer := 5;
     pedido jsonb := crebito.json_ou_nulo(corpo);
     pedido_valor bigint;
-    shard bigint;
+    shard bigint := crebito.shard_local(cliente);
     sozinho boolean;
     saldo_novo bigint;
     limite_cliente bigint;
     assincrono boolean;
-    preparou boolean;
-    travado text;
 begin
-    shard := pg_catalog.get_shard_id_for_distribution_column('crebito.cliente', cliente);
-    -- (An assignment, not PERFORM, as in crebito.em_voo.)
-    travado := pg_catalog.lock_shard_metadata(compartilhado, array[shard])::text;
-    -- Read after the lock: a move that ended meanwhile has recorded its new node.
-    if not exists (
-        select from pg_catalog.pg_dist_placement as p
-        inner join pg_catalog.pg_dist_local_group as g on p.groupid = g.groupid
-        where p.shardid = shard
-    ) then
+    if shard is null then
         return;
     end if;
     if chave is not null or crebito.problema(pedido, chave) is not null then
@@ -64,10 +48,9 @@ begin
         return;
     end if;
 
-    -- (Assignments, not PERFORM, as in crebito.em_voo.)
-    preparou := crebito.preparar_shard(shard, cliente);
+    -- (An assignment, not PERFORM, as in crebito.em_voo.)
     sozinho := crebito.em_voo(cliente);
-    -- A debit is a negative credit here (see crebito.preparar_shard).
+    -- A debit is a negative credit here (see crebito.shard_local).
     pedido_valor := (pedido ->> 'valor')::numeric;
     if pedido ->> 'tipo' = 'd' then
         pedido_valor := -pedido_valor;
