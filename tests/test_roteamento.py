@@ -250,7 +250,7 @@ def test_transacao_local_espera_quem_move_o_shard(pilha):
     """A shard move holds its group's metadata lock exclusively on every node
     while it copies (block_writes, the mode a cluster without logical WAL
     has): a plain write through the shard's own tables waits for it, as
-    Citus's own writes do."""
+    Citus's own writes do, and an extrato does not, as Citus's own reads."""
     zerar(pilha)
     c = 2
     dono = _donos(pilha)[c]
@@ -260,6 +260,8 @@ def test_transacao_local_espera_quem_move_o_shard(pilha):
         api.execute("set lock_timeout = '300ms'")
         with pytest.raises(psycopg.errors.LockNotAvailable):
             api.execute("select * from api.transacao_local(%s, %s)", [c, corpo(9, "c")])
+        # A read does not wait: no write can pass the copy here meanwhile.
+        assert api.execute("select status from api.extrato_local(%s)", [c]).fetchone() == (200,)
         mudanca.execute("rollback")
         assert api.execute("select status from api.transacao_local(%s, %s)", [c, corpo(9, "c")]).fetchone() == (200,)
     assert saldo(pilha, c) == 9

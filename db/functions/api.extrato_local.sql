@@ -23,7 +23,7 @@ set plan_cache_mode = force_generic_plan
 set enable_sort = off
 as $$
 declare
-    shard bigint := crebito.shard_local(cliente);
+    shard bigint := crebito.shard_local(cliente, false);
     assincrono boolean;
 begin
     if shard is null then

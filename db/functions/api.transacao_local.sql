@@ -33,7 +33,7 @@ as $$
 declare
     pedido jsonb := crebito.json_ou_nulo(corpo);
     pedido_valor bigint;
-    shard bigint := crebito.shard_local(cliente);
+    shard bigint := crebito.shard_local(cliente, true);
     sozinho boolean;
     saldo_novo bigint;
     limite_cliente bigint;

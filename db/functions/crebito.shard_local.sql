@@ -2,13 +2,16 @@
 -- node; null when it is not (the caller's map is older than a move), and then
 -- nothing is done here.
 --
--- It takes what Citus's own writes take first: the shard group's metadata
--- lock, shared, until the commit. A shard move takes it exclusively on every
--- node while it copies (block_writes, the only mode without logical WAL; with
--- logical replication, before the last catch-up) and holds it until the new
--- placement is recorded, so a call that finds the shard here either runs
--- before the move, and is copied, or waits for it and then finds the shard
--- gone from this node.
+-- For a write (`escrever`) it takes what Citus's own writes take first: the
+-- shard group's metadata lock, shared, until the commit. A shard move takes it
+-- exclusively on every node while it copies (block_writes, the only mode
+-- without logical WAL; with logical replication, before the last catch-up)
+-- and holds it until the new placement is recorded, so a write that finds the
+-- shard here either runs before the move, and is copied, or waits for it and
+-- then finds the shard gone from this node. A read takes nothing, as Citus's
+-- own reads: until the move records the new placement no write lands
+-- anywhere else, so the copy here is whole, and a read keeps being served
+-- while the shard is copied.
 --
 -- Once per session and shard group it prepares the statements the callers run
 -- on the group's own tables, so each call runs a kept plain PostgreSQL plan:
@@ -22,7 +25,7 @@
 -- A session setting remembers it. Setting and statements are both lost with
 -- the session; if the transaction that prepared them rolls back, the setting
 -- goes and the statements stay, and the next call finds them there.
-create function crebito.shard_local(cliente integer)
+create function crebito.shard_local(cliente integer, escrever boolean)
 returns bigint
 language plpgsql
 as $$
@@ -34,8 +37,10 @@ declare
     travado text;
     ajustado text;
 begin
-    -- (Assignments, not PERFORM, as in crebito.em_voo.)
-    travado := pg_catalog.lock_shard_metadata(compartilhado, array[shard])::text;
+    if escrever then
+        -- (Assignments, not PERFORM, as in crebito.em_voo.)
+        travado := pg_catalog.lock_shard_metadata(compartilhado, array[shard])::text;
+    end if;
     -- Read after the lock: a move that ended meanwhile has recorded its new node.
     if not exists (
         select from pg_catalog.pg_dist_placement as p
