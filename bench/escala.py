@@ -5,7 +5,7 @@ worker and Citus with two, each seeded with the same many clients
 (crebito.semear) and each database node (the one cluster, the coordinator,
 every worker) confined to the same CPU quota in a cgroup of its own. A load
 driver (processes calling server.py's prepared statements over libpq: on a
-cluster whose calls go to their client's node, api.transacao_local) runs
+cluster whose calls go to their client's node, the _local ones) runs
 the official mix (debito : credito : extrato = 220 : 110 : 10) straight
 against the nodes the API instances talk to: the one cluster, the one
 worker, or both workers (`-c` connections to each). No HTTP or HAProxy in
@@ -100,8 +100,8 @@ def chamar(conninfos, modo, clientes, segundos, semente, pronto, comecar, saida)
         conn_de = lambda cliente: conns[0]  # noqa: E731
     aleatorio = random.Random(semente)
     # As an API session that has served a while: every statement planned, on
-    # a cluster for every shard it calls (api.transacao_local prepares its own
-    # per shard), by debits no limit allows, which change nothing.
+    # a cluster for every shard it calls (crebito.shard_local prepares the
+    # statements per shard), by debits no limit allows, which change nothing.
     recusado = b'{"valor": 9223372036854775807, "tipo": "d", "descricao": "aquecer"}'
     for _ in range(300):
         cliente = str(aleatorio.choice(clientes)).encode()
