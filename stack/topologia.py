@@ -125,7 +125,7 @@ AMBIENTE_API = {
 
 
 # Citus: shards of each table per worker the cluster is created with, instead
-# of Citus's 32 in all. Each API session on a worker keeps two prepared
+# of Citus's 32 in all. Each API session on a worker keeps three prepared
 # statements and the relation caches of every shard it touches: with 8 shards
 # a worker spent 0.89x the CPU per call of one with 32 under pgbench, and 4 per
 # worker about 0.95x through the API (bench/RESULTADOS.md, 2026-12-07).

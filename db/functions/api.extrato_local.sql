@@ -29,12 +29,12 @@ begin
     if shard is null then
         return;
     end if;
-    execute pg_catalog.format('execute crebito_extrato_%s(%s)', shard, cliente) into resposta, assincrono;
-    if resposta is null then
+    execute pg_catalog.format('execute crebito_extrato_%s(%s)', shard, cliente)
+    into status, resposta, assincrono;
+    -- (EXECUTE leaves FOUND as it was: no row leaves the status null.)
+    if status is null then
         status := 404;
         resposta := crebito.erro('cliente não encontrado');
-    else
-        status := 200;
     end if;
     -- As api.extrato: when the row's last change did not wait for the disk,
     -- this commit waits for that flush.

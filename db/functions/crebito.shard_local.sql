@@ -20,8 +20,8 @@
 --     api.transacao's UPDATE and INSERT: the balance and limit, or no row when
 --     the client is not there or the change does not fit;
 --   crebito_cliente_<shard>(cliente), the client's `assincrono`, for a refusal;
---   crebito_extrato_<shard>(cliente), api.extrato's answer and `assincrono`,
---     or no row.
+--   crebito_extrato_<shard>(cliente), api.extrato's status, answer and
+--     `assincrono`, or no row.
 -- A session setting remembers it. Setting and statements are both lost with
 -- the session; if the transaction that prepared them rolls back, the setting
 -- goes and the statements stay, and the next call finds them there.
@@ -38,7 +38,7 @@ declare
     ajustado text;
 begin
     if escrever then
-        -- (Assignments, not PERFORM, as in crebito.em_voo.)
+        -- (An assignment, not PERFORM, as in crebito.em_voo.)
         travado := pg_catalog.lock_shard_metadata(compartilhado, array[shard])::text;
     end if;
     -- Read after the lock: a move that ended meanwhile has recorded its new node.
@@ -69,7 +69,7 @@ begin
         || ' select c.assincrono from crebito.cliente_' || shard || ' as c where c.id = $1';
         -- api.extrato's statement, on the group's tables.
         execute 'prepare crebito_extrato_' || shard || '(integer) as'
-        || ' select crebito.extrato_resposta(c.saldo, c.limite, ('
+        || ' select 200, crebito.extrato_resposta(c.saldo, c.limite, ('
         || ' select json_agg(crebito.lancamento_json(t.valor, t.tipo, t.descricao, t.realizada_em)'
         || ' order by t.lancamento desc)'
         || ' from (select t.lancamento, t.valor, t.tipo, t.descricao, t.realizada_em'
