@@ -19,6 +19,9 @@ Configuration (environment):
     CREBITO_ROTEAMENTO   "citus": DATABASE_URL names every Citus worker (host=a,b port=p,q), and
                       each worker process keeps a connection to each one and sends a client's
                       call to the node that holds its shard (roteamento.py)
+    CREBITO_MAPA      with "citus": where to write the shard map whenever it changes, for
+                      HAProxy to send each request to the workers of its client's node
+                      (roteamento.lua)
 """
 
 import ctypes
@@ -299,6 +302,8 @@ class Roteador:
         }
         self.mapa = None
         self.lido_em = self.proxima_leitura = 0.0
+        self.arquivo = os.environ.get("CREBITO_MAPA") or None
+        self.publicado = None
 
     def _ler_mapa(self):
         """The map from the first node that gives it; False when no node
@@ -314,9 +319,29 @@ class Roteador:
                     b._descartar()
                     continue
                 return True  # it answered, with an error: unrouted until it gives the map
-            self.mapa = roteamento.Mapa([(int(m), int(x), h.decode(), int(p)) for m, x, h, p in linhas])
+            linhas = [(int(m), int(x), h.decode(), int(p)) for m, x, h, p in linhas]
+            self.mapa = roteamento.Mapa(linhas)
+            self._publicar(linhas)
             return True
         return False
+
+    def _publicar(self, linhas):
+        """Writes the map for HAProxy (roteamento.lua) when it changed: one
+        "minimo maximo porta" line per shard, replaced whole, so HAProxy never
+        reads half of one."""
+        texto = "".join(f"{m} {x} {p}\n" for m, x, _, p in sorted(linhas))
+        if self.arquivo is None or texto == self.publicado:
+            return
+        temporario = f"{self.arquivo}.{os.getpid()}"
+        try:
+            with open(temporario, "w") as f:
+                f.write(texto)
+            # For HAProxy's user: only it and the API's enter the directory.
+            os.chmod(temporario, 0o644)
+            os.replace(temporario, self.arquivo)
+            self.publicado = texto
+        except OSError as e:
+            log.warning("mapa para o HAProxy: %s", e)
 
     def _mapa_velho(self):
         # A call reached a node that no longer holds its client: read the map

@@ -25,6 +25,9 @@ instead: wrk with the official mix (bench/mix.lua, any seeded client) against
 HAProxy and both API instances, which route each call themselves; only the
 database nodes are confined, the API and HAProxy run free, so the nodes are
 what saturates.
+With `--base DIR` (another checkout, e.g. a worktree of the commit to compare
+with), a Citus stack of two workers started by DIR's launcher, server and
+schema takes its turn beside them, as `base`.
 The stacks take turns, round after round, so the noise of the shared machine
 falls on all of them alike.
 
@@ -34,6 +37,7 @@ the ratios two workers : one worker and one worker : single-node, each the
 median of the rounds' own ratios.
 
     .venv/bin/python bench/escala.py [--contas 100000] [--cpus 0.25] [-T 20] [-c 16] [--rodadas 3] [--http]
+                                     [--base DIR]
 """
 
 import argparse
@@ -221,8 +225,11 @@ def main():
     ap.add_argument("--rodadas", type=int, default=3)
     ap.add_argument("--aquecimento", type=int, default=5, help="seconds of unmeasured load per case first")
     ap.add_argument("--http", action="store_true", help="wrk through HAProxy and the API instead of the driver")
+    ap.add_argument("--base", help="checkout whose two-worker Citus stack runs beside, as `base`")
     args = ap.parse_args()
     lista = CASOS_HTTP if args.http else CASOS
+    if args.base:
+        lista += (("base", 2, "http" if args.http else "api"),)
 
     pilhas = {}
     cg = None
@@ -234,7 +241,11 @@ def main():
             # The driver talks to the nodes itself: one API worker per instance
             # then, so the API's idle sessions (one per worker on every node)
             # leave max_connections to the driver and to Citus's own.
-            p = pilhas[pilha_nome] = pilha.Pilha(citus_workers=workers, workers=None if args.http else 1)
+            p = pilhas[pilha_nome] = pilha.Pilha(
+                citus_workers=workers,
+                workers=None if args.http else 1,
+                arvore=args.base if pilha_nome == "base" else None,
+            )
             pilha.log(f"{pilha_nome}: iniciando a pilha em {p.var}, porta {p.porta}")
             p.iniciar(limite=180)
             subprocess.run(
@@ -303,7 +314,7 @@ def main():
         por_rodada = ", ".join(f"{x:.2f}" for x in razoes)
         print(f"  {rotulo}: {statistics.median(razoes):.2f}x (por rodada: {por_rodada})")
 
-    for dois in (c for c in medidas if c.startswith("citus2")):
+    for dois in (c for c in medidas if c.startswith("citus2") or c == "base"):
         for i, rotulo in ((0, "medido"), (2, "na cota")):
             razao(f"{dois} / citus1, {rotulo}", dois, "citus1", i)
     razao("citus1 / unico, na cota", "citus1", "unico", 2)

@@ -49,6 +49,7 @@ import backup
 import metricas
 import patroni
 import processos
+import rotas
 import segredos
 import topologia
 from cluster import RAIZ, Cluster, log, pg_bin
@@ -149,6 +150,8 @@ class Stack(Cluster):
                 )
             )
         lista += [self._processo_do_no(i, no) for i, no in enumerate(self.nos)]
+        # Citus: the shard map server.py writes for HAProxy's roteamento.lua.
+        mapa = {"CREBITO_MAPA": os.path.join(self.sock, "mapa")} if self.citus else {}
         for nome in ("api01", "api02"):
             env = dict(
                 os.environ,
@@ -156,6 +159,7 @@ class Stack(Cluster):
                 CREBITO_WORKERS=self.workers,
                 DATABASE_URL=f"{self.conninfo_api(nome)} application_name=crebito connect_timeout=2",
                 **topologia.ambiente_api(self.nos),
+                **mapa,
             )
             lista.append(
                 Processo(
@@ -173,6 +177,12 @@ class Stack(Cluster):
         fd = self.escuta_metricas.fileno()
         env["CREBITO_METRICAS"] = f"fd@{fd}"
         haproxy = ["haproxy", "-db", "-f", os.path.join(RAIZ, "haproxy.cfg")]
+        if self.citus:
+            cfg = os.path.join(self.var, "haproxy-nos.cfg")
+            with open(cfg, "w") as f:
+                f.write(rotas.configuracao(self._sockets(), [no.porta for no in topologia.workers(self.nos)]))
+            env.update(mapa, CREBITO_ROTAS=os.path.join(RAIZ, "roteamento.lua"))
+            haproxy += ["-f", cfg]
         lista.append(Processo("haproxy", haproxy, self._como(env, self.usuario_haproxy), fds=(fd,)))
         nomes = [p.nome for p in lista]
         como = self._como_metricas()

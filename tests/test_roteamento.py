@@ -10,16 +10,19 @@ node shows there under Citus's own text."""
 import json
 import os
 import random
+import subprocess
 import sys
 import threading
 import time
 from collections import Counter
+from http.client import HTTPConnection
 
 import psycopg
 import pytest
-from conftest import RAIZ, esperar, relatar, stack_temporaria, zerar
+from conftest import RAIZ, esperar, porta_livre, relatar, stack_temporaria, zerar
 from test_citus import donos
 from test_falhas import ClienteDoBanco
+from test_metricas import endereco, soma
 
 sys.path.insert(0, RAIZ)
 import roteamento  # noqa: E402
@@ -90,6 +93,70 @@ def test_hashint4_em_python_igual_ao_do_servidor(pilha):
     assert [roteamento.hashint4(v) for v in valores] == servidor
 
 
+@pytest.fixture
+def haproxy_lua(tmp_path):
+    """HAProxy with roteamento.lua alone, answering each request itself with
+    the client's hash and the backend it would pick: (its port, the map file)."""
+    mapa = tmp_path / "mapa"
+    cfg = tmp_path / "haproxy.cfg"
+    porta = porta_livre()
+    cfg.write_text(
+        f'global\n    lua-load "{RAIZ}/roteamento.lua"\n'
+        "defaults\n    mode http\n    timeout client 5s\n    timeout server 5s\n    timeout connect 1s\n"
+        f"frontend f\n    bind 127.0.0.1:{porta}\n"
+        '    http-request return status 200 content-type text/plain lf-string "%[lua.crebito_hash] %[lua.crebito_no]"\n'
+    )
+    proc = subprocess.Popen(["haproxy", "-db", "-f", str(cfg)], env=dict(os.environ, CREBITO_MAPA=str(mapa)))
+    try:
+
+        def escuta():
+            try:
+                HTTPConnection("127.0.0.1", porta, timeout=1).connect()
+                return True
+            except OSError:
+                return proc.poll() is not None
+
+        assert esperar(escuta, 10) and proc.poll() is None
+        yield porta, mapa
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_roteamento_lua_igual_ao_python(haproxy_lua):
+    """roteamento.lua's hashint4 equals roteamento.py's (itself tested against
+    the server's above) and it picks the node backend of the map server.py
+    writes, read again when it changes; what is not a client goes to `api`."""
+    porta, arquivo = haproxy_lua
+    conn = HTTPConnection("127.0.0.1", porta, timeout=10)
+
+    def pedir(caminho):
+        conn.request("GET", caminho)
+        return conn.getresponse().read().decode().split(" ")
+
+    linhas = [(-(2**31), -(2**30) - 1, "", 7001), (-(2**30), -1, "", 7002), (0, 2**31 - 1, "", 7003)]
+    arquivo.write_text("".join(f"{m} {x} {p}\n" for m, x, _, p in linhas))
+    rng = random.Random(5)
+    clientes = [1, 2, 5, 9, 10, 65535, 65536, 99999, 2**30, 2**31 - 2, 2**31 - 1]
+    clientes += [rng.randint(1, 2**31 - 1) for _ in range(20_000)]
+    mapa = roteamento.Mapa(linhas)
+    assert esperar(lambda: pedir("/clientes/1/extrato")[1] != "api", 5), "the map was not read"
+    for c in clientes:
+        assert pedir(f"/clientes/{c}/transacoes") == [str(roteamento.hashint4(c)), f"no_{mapa.no(c)[1]}"], c
+    for caminho in (
+        "/clientes/0/extrato",
+        "/clientes/2147483648/extrato",
+        "/clientes/01/extrato",
+        "/clientes/x/extrato",
+        "/clientes/1",
+        "/metrics",
+    ):
+        assert pedir(caminho)[1] == "api", caminho
+    # A shard moved: the new map is read within a second or so.
+    arquivo.write_text("".join(f"{m} {x} 7004\n" for m, x, _, _ in linhas))
+    assert esperar(lambda: pedir("/clientes/1/extrato")[1] == "no_7004", 5)
+
+
 def test_mapa_da_api_igual_a_citus_shards(pilha):
     with conectar(pilha) as db:
         esperado = db.execute(
@@ -121,6 +188,36 @@ def test_cada_chamada_vai_ao_dono_do_seu_cliente(pilha):
         meus = sum(1 for c in CLIENTES if dono[c] == no)
         assert contagem["repassada"] == 0, (no, contagem)
         assert (contagem[TRANSACAO], contagem[EXTRATO]) == (vezes * meus, vezes * meus), (no, contagem)
+
+
+def pedidos_por_backend(pilha):
+    """{HAProxy backend: requests it took}: `api` and each node's (no_<port>)."""
+    haproxy = endereco(pilha, "haproxy")
+    nomes = ["api"] + [f"no_{p}" for p in workers(pilha).values()]
+    return {b: soma(haproxy, "haproxy_backend_http_requests_total", proxy=b) for b in nomes}
+
+
+def test_haproxy_manda_cada_pedido_aos_workers_do_dono(pilha):
+    """HAProxy (roteamento.lua) sends each request to the backend of the API
+    workers whose home is its client's node, each a server there, a backup in
+    the other node's."""
+    dono = _donos(pilha)
+    porta = workers(pilha)
+    antes = pedidos_por_backend(pilha)
+    for _ in range(10):
+        for c in CLIENTES:
+            assert pilha.extrato(c).status == 200
+    depois = pedidos_por_backend(pilha)
+    esperado = {b: 0 for b in antes} | Counter(f"no_{porta[dono[c]]}" for c in CLIENTES for _ in range(10))
+    assert {b: depois[b] - antes[b] for b in antes} == esperado
+    assert pilha.pedir("GET", "/clientes/x/extrato").status == 404
+    assert pedidos_por_backend(pilha)["api"] == depois["api"] + 1
+    # Each worker's home is one node; it stands by in the others' backends.
+    haproxy = endereco(pilha, "haproxy")
+    for p in porta.values():
+        proxy = f"no_{p}"
+        assert soma(haproxy, "haproxy_backend_active_servers", proxy=proxy) == pilha.workers
+        assert soma(haproxy, "haproxy_backend_backup_servers", proxy=proxy) == pilha.workers
 
 
 def corpo(valor, tipo):
@@ -336,6 +433,14 @@ def test_shard_movido_sob_carga(pilha, pytestconfig):
         return not chamadas_por_no(pilha)[origem]
 
     assert esperar(no_novo_dono, 3 * server.Roteador.PERIODO, passo=0.5)
+
+    # And HAProxy sends them to the new owner's workers a second later at most.
+    def no_backend_novo():
+        antes = pedidos_por_backend(pilha)[f"no_{porta[destino]}"]
+        pilha.extrato(1)
+        return pedidos_por_backend(pilha)[f"no_{porta[destino]}"] == antes + 1
+
+    assert esperar(no_backend_novo, 3, passo=0.2)
     relatar(
         pytestconfig,
         f"cliente 1 moved from {origem} to {destino}: its calls on the new owner {time.monotonic() - movido:.1f}s"
