@@ -305,12 +305,15 @@ class Roteador:
         self.arquivo = os.environ.get("CREBITO_MAPA") or None
         self.publicado = None
 
-    def _ler_mapa(self):
-        """The map from the first node that gives it; False when no node
-        answered at all."""
+    def _ler_mapa(self, primeiro=None):
+        """The map from the first node that gives it, starting with `primeiro`
+        (the node the call at hand goes to: were it frozen, the call would wait
+        for it anyway, and no other node's hanging holds this process); False
+        when no node answered at all."""
         self.lido_em = time.monotonic()
         self.proxima_leitura = self.lido_em + self.PERIODO
-        for b in self.bancos.values():
+        ordem = sorted(self.bancos.items(), key=lambda item: item[0] != primeiro)
+        for _, b in ordem:
             try:
                 linhas = b.consultar(self.SHARDS)
             except psycopg.Error as e:
@@ -361,9 +364,11 @@ class Roteador:
             b.conectar(aquecimento(str(cliente).encode()), esperar=False)
 
     def banco(self, cliente):
+        no = self.mapa.no(int(cliente)) if self.mapa else None
         if time.monotonic() >= self.proxima_leitura:
-            self._ler_mapa()
-        b = self.bancos.get(self.mapa.no(int(cliente))) if self.mapa else None
+            self._ler_mapa(no)
+            no = self.mapa.no(int(cliente)) if self.mapa else None
+        b = self.bancos.get(no)
         if b is None:
             b = next((x for x in self.bancos.values() if x.pgconn is not None), None)
         return b or next(iter(self.bancos.values()))

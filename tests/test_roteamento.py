@@ -10,18 +10,20 @@ node shows there under Citus's own text."""
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from http.client import HTTPConnection
 
 import psycopg
 import pytest
 from conftest import RAIZ, esperar, porta_livre, relatar, stack_temporaria, zerar
 from test_citus import donos
-from test_falhas import ClienteDoBanco
+from test_falhas import ClienteDoBanco, filhos
 from test_metricas import endereco, soma
 
 sys.path.insert(0, RAIZ)
@@ -445,4 +447,54 @@ def test_shard_movido_sob_carga(pilha, pytestconfig):
         pytestconfig,
         f"cliente 1 moved from {origem} to {destino}: its calls on the new owner {time.monotonic() - movido:.1f}s"
         f" after the move; answers under load {dict(status)}",
+    )
+
+
+def test_worker_congelado_so_prende_os_seus(pilha, pytestconfig):
+    """A worker that hangs (SIGSTOP on its processes: a frozen machine) holds
+    only the API workers whose home it is. Twice as many requests for its
+    clients as the API has processes wait on it, and every other client is
+    still served, for longer than the map's period (a process reads the map
+    from the node of the call at hand first). With every process serving every
+    node, those requests would hold them all."""
+    zerar(pilha)
+    dono = _donos(pilha)
+    congelado = dono[1]
+    presos = [c for c in CLIENTES if dono[c] == congelado]
+    livres = [c for c in CLIENTES if dono[c] != congelado]
+    pids = [pilha.pid(congelado), *filhos(pilha.pid(congelado))]
+    retidos = Counter()
+
+    def pedir_retido(c):
+        try:
+            retidos[pilha.extrato(c).status] += 1
+        except OSError:
+            retidos["sem resposta"] += 1
+
+    servidos = Counter()
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        espera = [threading.Thread(target=pedir_retido, args=(c,)) for c in (presos * 8)[: 4 * pilha.workers]]
+        for t in espera:
+            t.start()
+        time.sleep(0.5)
+        fim = time.monotonic() + server.Roteador.PERIODO + 1
+        with ThreadPoolExecutor(2) as dois:
+            while time.monotonic() < fim:
+                servidos.update(dois.map(lambda c: pilha.extrato(c).status, [livres[0], livres[-1]]))
+                time.sleep(0.2)
+        ainda_esperando = sum(t.is_alive() for t in espera)
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+    for t in espera:
+        t.join(timeout=30)
+    assert set(servidos) == {200}, servidos
+    assert ainda_esperando or set(retidos) <= {503, 504}, retidos
+    assert esperar(lambda: all(pilha.extrato(c).status == 200 for c in CLIENTES), 30)
+    relatar(
+        pytestconfig,
+        f"{congelado} frozen {server.Roteador.PERIODO + 1.5:.1f}s: the other worker's clients {dict(servidos)};"
+        f" its own {dict(retidos)}",
     )
