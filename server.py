@@ -332,8 +332,10 @@ class Roteador:
         """Writes the map for HAProxy (roteamento.lua) when it changed: one
         "minimo maximo porta" line per shard, replaced whole, so HAProxy never
         reads half of one."""
+        if self.arquivo is None:
+            return
         texto = "".join(f"{m} {x} {p}\n" for m, x, _, p in sorted(linhas))
-        if self.arquivo is None or texto == self.publicado:
+        if texto == self.publicado:
             return
         temporario = f"{self.arquivo}.{os.getpid()}"
         try:
