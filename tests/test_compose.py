@@ -121,10 +121,11 @@ def test_haproxy_recebe_cada_variavel_do_seu_cfg(servicos):
     referenciadas = set(re.findall(r"\$\{(CREBITO_\w+)\}", ler("haproxy.cfg")))
     assert {"CREBITO_BIND", "CREBITO_API01_1", "CREBITO_API02_1"} <= referenciadas
     env = ambiente(servicos["haproxy"])
-    # Workers after the first may be left unset (`.if defined(...)`), and the
-    # user to switch to is for a root launcher (the image runs as haproxy);
-    # every other variable is set, and nothing the cfg does not read.
-    opcionais = {v for v in referenciadas if re.fullmatch(r"CREBITO_API0\d_[2-9]|CREBITO_USUARIO", v)}
+    # Workers after the first may be left unset (`.if defined(...)`), the
+    # user to switch to is for a root launcher (the image runs as haproxy),
+    # and the routing by node for the launcher's Citus topology; every other
+    # variable is set, and nothing the cfg does not read.
+    opcionais = {v for v in referenciadas if re.fullmatch(r"CREBITO_API0\d_[2-9]|CREBITO_USUARIO|CREBITO_ROTAS", v)}
     assert referenciadas - opcionais <= set(env) <= referenciadas
     copias = [arg.split() for inst, arg in instrucoes("docker/haproxy.Dockerfile") if inst == "COPY"]
     assert ["haproxy.cfg", "/etc/haproxy/crebito.cfg"] in copias
