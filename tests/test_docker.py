@@ -84,6 +84,22 @@ def pasta_do_motor():
     assert restantes == []
 
 
+@pytest.fixture
+def make_parado_no_fim():
+    """A test that fails leaves its `make docker` running, which holds the
+    engine's folder for every test after it: Ctrl-C it (it then stops its
+    engine), and kill it if it does not end."""
+    yield
+    for make in MakeDocker.iniciados:
+        if make.p.poll() is None:
+            os.killpg(make.p.pid, signal.SIGINT)
+            try:
+                make.p.wait(timeout=180)
+            except subprocess.TimeoutExpired:
+                os.killpg(make.p.pid, signal.SIGKILL)
+                make.p.wait()
+
+
 @pytest.fixture(scope="module")
 def senha():
     pasta = tempfile.mkdtemp(prefix="crebito-senha-")
@@ -233,6 +249,7 @@ def raiz_necessaria():
         pytest.skip("a private engine needs root and dockerd")
 
 
+@pytest.mark.usefixtures("make_parado_no_fim")
 def test_ctrl_c_durante_a_imagem_base_para_o_motor(raiz_necessaria, pasta_do_motor, senha):
     make = MakeDocker(pasta_do_motor, senha, porta_livre())
     # The folder is new: the base image is made with debootstrap.
@@ -245,6 +262,7 @@ def test_ctrl_c_durante_a_imagem_base_para_o_motor(raiz_necessaria, pasta_do_mot
     assert montado_em("/tmp/crebito-base-") == []
 
 
+@pytest.mark.usefixtures("make_parado_no_fim")
 def test_ctrl_c_durante_a_construcao_das_imagens_para_o_motor(raiz_necessaria, pasta_do_motor, senha):
     make = MakeDocker(pasta_do_motor, senha, porta_livre())
     make.esperar_comando(" build", 900)
@@ -255,6 +273,7 @@ def test_ctrl_c_durante_a_construcao_das_imagens_para_o_motor(raiz_necessaria, p
     assert montado_em(pasta_do_motor) == []
 
 
+@pytest.mark.usefixtures("make_parado_no_fim")
 def test_sigkill_deixa_um_motor_que_o_proximo_make_docker_reusa(raiz_necessaria, pasta_do_motor, senha, pytestconfig):
     porta = porta_livre()
     make = MakeDocker(pasta_do_motor, senha, porta)
@@ -431,7 +450,8 @@ def arvore(pid):
             for tarefa in os.listdir(f"/proc/{p}/task"):
                 with open(f"/proc/{p}/task/{tarefa}/children") as f:
                     pids.extend(int(c) for c in f.read().split())
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):
+            # Gone, or exiting: /proc answers ESRCH for a task being reaped.
             continue
     return pids
 
