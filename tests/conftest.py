@@ -38,6 +38,16 @@ def esperar(condicao, limite=10, passo=0.02):
     return condicao()
 
 
+def sinalizar(pids, sinal):
+    """Sends sinal to each of pids; one that has ended meanwhile (a child the
+    parent reaped once it was let go on) is skipped."""
+    for pid in pids:
+        try:
+            os.kill(pid, sinal)
+        except ProcessLookupError:
+            pass
+
+
 def relatar(config, msg):
     """Figures worth seeing in every run (not asserted: the machine is shared)."""
     captura = config.pluginmanager.get_plugin("capturemanager")

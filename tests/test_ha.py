@@ -18,7 +18,7 @@ from collections import Counter
 
 import psycopg
 import pytest
-from conftest import RAIZ, esperar, relatar, rest, stack_temporaria, zerar
+from conftest import RAIZ, esperar, relatar, rest, sinalizar, stack_temporaria, zerar
 from test_auditoria import make_auditoria
 from test_falhas import SEM_RESPOSTA, ClienteDoBanco, filhos
 
@@ -75,14 +75,6 @@ def processos_do_no(pilha, nome):
     except (OSError, ValueError):
         pass
     return pids
-
-
-def sinalizar(pids, sinal):
-    for pid in pids:
-        try:
-            os.kill(pid, sinal)
-        except ProcessLookupError:
-            pass
 
 
 class Leitor(threading.Thread):

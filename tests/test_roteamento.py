@@ -21,7 +21,7 @@ from http.client import HTTPConnection
 
 import psycopg
 import pytest
-from conftest import RAIZ, esperar, porta_livre, relatar, stack_temporaria, zerar
+from conftest import RAIZ, esperar, porta_livre, relatar, sinalizar, stack_temporaria, zerar
 from test_citus import donos
 from test_falhas import ClienteDoBanco, filhos
 from test_metricas import endereco, soma
@@ -472,8 +472,7 @@ def test_worker_congelado_so_prende_os_seus(pilha, pytestconfig):
             retidos["sem resposta"] += 1
 
     servidos = Counter()
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
+    sinalizar(pids, signal.SIGSTOP)
     try:
         espera = [threading.Thread(target=pedir_retido, args=(c,)) for c in (presos * 8)[: 4 * pilha.workers]]
         for t in espera:
@@ -486,8 +485,7 @@ def test_worker_congelado_so_prende_os_seus(pilha, pytestconfig):
                 time.sleep(0.2)
         ainda_esperando = sum(t.is_alive() for t in espera)
     finally:
-        for pid in pids:
-            os.kill(pid, signal.SIGCONT)
+        sinalizar(pids, signal.SIGCONT)
     for t in espera:
         t.join(timeout=30)
     assert set(servidos) == {200}, servidos
