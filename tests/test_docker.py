@@ -73,11 +73,8 @@ def pasta_do_motor():
     /var/lib/crebito-docker): images, volumes, build cache."""
     pasta = tempfile.mkdtemp(prefix="crebito-docker-")
     yield pasta
-    # What a failed test may have left: its `make docker`, and engines.
-    for make in MakeDocker.iniciados:
-        if make.p.poll() is None:
-            os.killpg(make.p.pid, signal.SIGKILL)
-            make.p.wait()
+    # What a failed test may have left: engines (its `make docker` was
+    # stopped when the test ended, by make_parado_no_fim).
     restantes = motor.dockerds(pasta)
     motor.parar_dockerds(pasta)
     shutil.rmtree(pasta, ignore_errors=True)

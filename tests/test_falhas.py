@@ -48,7 +48,8 @@ def filhos(pid):
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:
             return [int(p) for p in f.read().split()]
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
+        # Gone, or exiting: /proc answers ESRCH for a task being reaped.
         return []
 
 
