@@ -15,6 +15,7 @@ def tabela(resumo):
         "duracao_s": resumo["duracao_s"],
         "total": resumo["total"],
         "ko": resumo["ko"],
+        "ko_da_corrida": resumo.get("ko_da_corrida", 0),
         "pontuacao": resumo["pontuacao"],
         "grupos": {
             g: {"n": e["n"], "ko": e["ko"], "ms": e["ms"], "ms_0_1": e["ms_0_1"]} for g, e in resumo["grupos"].items()
@@ -34,7 +35,8 @@ def markdown(t):
         linhas.append("| " + " | ".join(str(v) for v in valores) + " |")
     linhas += [
         "",
-        f"{t['total']} requisições, {t['ko']} KO em {t['duracao_s']} s; latências em ms inteiros como o Gatling,"
+        f"{t['total']} requisições, {t['ko']} KO ({t['ko_da_corrida']} da corrida da simulação) em"
+        f" {t['duracao_s']} s; latências em ms inteiros como o Gatling,"
         " e em 0,1 ms.",
         "",
         f"Pontuação: {p['pct_ok_abaixo_250ms']:.3f}% com o status esperado em menos de 250 ms"

@@ -15,6 +15,7 @@ import sys
 import time
 
 import carga
+import corrida
 import pilha
 import pisos
 import pytest
@@ -145,6 +146,8 @@ def test_carga_curta_contra_a_pilha_real(tmp_path):
     assert resumo["pontuacao"]["inconsistencias"] == 0
     for grupo in ("debitos", "creditos", "extratos"):
         assert resumo["grupos"][grupo]["ko"] == 0, resumo["motivos_ko"]
+    # A validation may only fail by the simulation's race (carga.Corrida).
+    assert resumo["grupos"]["validacoes"]["ko"] == resumo["ko_da_corrida"], resumo["motivos_ko"]
     # Validation phases: 25 + 1 + 25 + 1 + 1 (client 6) + 5 clients x 14 requests.
     assert resumo["grupos"]["validacoes"]["n"] == 123
     assert resumo["total"] == 123 + len(carga.tempos_de_chegada(1, 220, 3, 2)) + len(
@@ -381,3 +384,14 @@ def test_pares_curtos_contra_a_propria_arvore(tmp_path):
     for lado in ("1-arvore", "1-base"):
         with open(tmp_path / lado / "registro.json") as f:
             assert json.load(f)["segundos"]
+
+
+def test_corrida_some_quando_a_carga_comeca_depois_das_validacoes(tmp_path):
+    # Each round starts from the five clients again (the validations expect
+    # balance 0), and with the load 100 ms late no validation meets it.
+    resumo = corrida.main(
+        ["--vezes", "2", "--workers-citus", "0", "--atraso-da-carga", "100", "--saida", str(tmp_path)]
+    )
+    assert resumo == {"unico": {"vezes": 2, "sem_ko": 2, "ko": 0, "ko_da_corrida": 0}}
+    with open(tmp_path / "corrida.json") as f:
+        assert json.load(f)["resumo"] == resumo

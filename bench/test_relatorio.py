@@ -131,6 +131,42 @@ def test_motivos_de_ko_em_frases():
     assert not any(c in str(falha) + falha.exemplo for c in "{}[]")
 
 
+def _item(descricao, tipo, valor):
+    return {"descricao": descricao, "tipo": tipo, "valor": valor, "realizada_em": "2024-01-01T00:00:00Z"}
+
+
+def test_corrida_da_simulacao_apartada_das_outras_falhas():
+    toma, devolve = _item("toma", "c", 1), _item("devolve", "d", 1)
+    da_carga = _item("K9zrR03vO9", "d", 6144)
+    esperados = [("devolve", "d", 1), ("toma", "c", 1)]
+    carga.checar_itens(4, [devolve, toma], esperados)
+    # A load entry above or between the validation's own, which are all there in order: the race.
+    for lista in ([da_carga, devolve, toma], [devolve, da_carga, toma]):
+        with pytest.raises(carga.Corrida):
+            carga.checar_itens(4, lista, esperados)
+    # The validation's own entries missing or out of order: a failure of the API, not the race.
+    for lista in ([toma, devolve], [devolve, _item("toma", "c", 2)], [da_carga, devolve, _item("outra", "c", 1)]):
+        with pytest.raises(carga.Falha) as e:
+            carga.checar_itens(4, lista, esperados)
+        assert not isinstance(e.value, carga.Corrida), lista
+
+    limite = carga.LIMITES[4]
+    carga.checar_inicial(4, limite, {"saldo": {"total": 0, "limite": limite}, "ultimas_transacoes": []})
+    antes = {"saldo": {"total": -6144, "limite": limite}, "ultimas_transacoes": [da_carga]}
+    with pytest.raises(carga.Corrida):
+        carga.checar_inicial(4, limite, antes)
+    # Client 1 after the bursts: the load's entry above the first phases' own.
+    validacao = [_item("validacao", "c", 1), _item("validacao", "d", 1)] * 5
+    with pytest.raises(carga.Corrida):
+        saldo = {"total": -6144, "limite": carga.LIMITES[1]}
+        carga.checar_inicial(1, carga.LIMITES[1], {"saldo": saldo, "ultimas_transacoes": [da_carga, *validacao[:9]]})
+    # A balance that the entries shown do not add up to is not explained by the race.
+    for saldo in ({"total": -6000, "limite": limite}, {"total": -6144, "limite": 1}):
+        with pytest.raises(carga.Falha) as e:
+            carga.checar_inicial(4, limite, {**antes, "saldo": saldo})
+        assert not isinstance(e.value, carga.Corrida), saldo
+
+
 # -- the page in a browser ---------------------------------------------------------------
 
 MEDIR = """<script>
