@@ -388,9 +388,10 @@ def test_pares_curtos_contra_a_propria_arvore(tmp_path):
 
 def test_corrida_some_quando_a_carga_comeca_depois_das_validacoes(tmp_path):
     # Each round starts from the five clients again (the validations expect
-    # balance 0), and with the load 100 ms late no validation meets it.
+    # balance 0), and with the load a second late (a validation takes some
+    # 30 ms) no validation meets it.
     resumo = corrida.main(
-        ["--vezes", "2", "--workers-citus", "0", "--atraso-da-carga", "100", "--saida", str(tmp_path)]
+        ["--vezes", "2", "--workers-citus", "0", "--atraso-da-carga", "1000", "--saida", str(tmp_path)]
     )
     assert resumo == {"unico": {"vezes": 2, "sem_ko": 2, "ko": 0, "ko_da_corrida": 0}}
     with open(tmp_path / "corrida.json") as f:
