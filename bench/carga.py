@@ -98,8 +98,11 @@ def trecho(corpo):
     return " ".join(corpo[:120].decode(errors="replace").split())[:80]
 
 
+TAMANHO_DESCRICAO = 10  # the contract's maximum, which the load's descriptions use
+
+
 def descricao_aleatoria():
-    return "".join(random.choices(ALFANUMERICOS, k=10))
+    return "".join(random.choices(ALFANUMERICOS, k=TAMANHO_DESCRICAO))
 
 
 # What the validations write themselves; every other description in a
@@ -108,7 +111,12 @@ DESCRICOES_DA_VALIDACAO = ("validacao", "toma", "devolve", "danada")
 
 
 def da_carga(item):
-    return item["descricao"] not in DESCRICOES_DA_VALIDACAO and len(item["descricao"]) == 10
+    return item["descricao"] not in DESCRICOES_DA_VALIDACAO and len(item["descricao"]) == TAMANHO_DESCRICAO
+
+
+def trio(item):
+    """An entry of ultimas_transacoes as (descricao, tipo, valor)."""
+    return item["descricao"], item["tipo"], item["valor"]
 
 
 def valor_com_sinal(item):
@@ -285,12 +293,12 @@ def checar_itens(cliente, lista, esperados):
     validation's last writes as (descricao, tipo, valor), newest first."""
     for i, (descricao, tipo, valor) in enumerate(esperados):
         item = lista[i]
-        visto = (item["descricao"], item["tipo"], item["valor"])
+        visto = trio(item)
         if visto != (descricao, tipo, valor):
             motivo = f"a transação nº {i + 1} de ultimas_transacoes não é «{descricao}» ({tipo}, {valor})"
             exemplo = f"cliente {cliente}: «{visto[0]}» ({visto[1]}, {visto[2]})"
             # The validation's own entries, without those the load wrote above them.
-            proprias = [(x["descricao"], x["tipo"], x["valor"]) for x in lista if not da_carga(x)]
+            proprias = [trio(x) for x in lista if not da_carga(x)]
             if da_carga(item) and proprias[: len(esperados)] == list(esperados):
                 raise Corrida(
                     f"{motivo}: a carga escreveu no cliente entre a escrita da validação e esta leitura"

@@ -18,18 +18,15 @@ import os
 import subprocess
 import tempfile
 
-import carga
+import carga  # puts stack/ on the path
 import pilha
-
-# The five clients as the schema seeds them: no ledger, balance 0.
-ZERAR = (
-    "truncate crebito.idempotencia, crebito.transacao;"
-    " update crebito.cliente set saldo = 0, ultimo_lancamento = 0, assincrono = false;"
-)
+from cluster import sql_de_zerar
 
 
 def rodada(p, atraso, saida):
-    subprocess.run(["psql", "-qX", "-v", "ON_ERROR_STOP=1", "-c", ZERAR, *p.pg()], check=True)
+    # The five clients as the schema seeds them: the validations expect balance 0.
+    zerar = "; ".join(sql_de_zerar(citus=p.citus_workers > 0))
+    subprocess.run(["psql", "-qX", "-v", "ON_ERROR_STOP=1", "-c", zerar, *p.pg()], check=True)
     with open(os.devnull, "w") as nada, contextlib.redirect_stdout(nada):
         opcoes = {"--rampa": 2, "--platô": 0, "--metricas": "nenhum", "--intervalo": 3600}
         opcoes.update({"--url": p.url, "--atraso-da-carga": atraso, "--saida": saida})

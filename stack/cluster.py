@@ -32,6 +32,22 @@ def log(msg):
     print(f"crebito: {msg}", file=sys.stderr, flush=True)
 
 
+def sql_de_zerar(citus=False):
+    """The statements that bring a database back to the five initial clients
+    (the tests before each one, bench/corrida.py before each round)."""
+    if citus:
+        # A few rows each time: deleting them is much faster on a cluster
+        # than a TRUNCATE, which rewrites every shard on every node.
+        apagar = ["delete from crebito.idempotencia", "delete from crebito.transacao"]
+    else:
+        apagar = ["truncate crebito.idempotencia, crebito.transacao"]
+    # Only the five initial clients: a test may have seeded more.
+    return apagar + [
+        "delete from crebito.cliente where id > 5",
+        "update crebito.cliente set saldo = 0, ultimo_lancamento = 0, assincrono = false",
+    ]
+
+
 def pg_bin():
     escolhido = os.environ.get("CREBITO_PG_BIN")
     if escolhido:

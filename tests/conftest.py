@@ -23,6 +23,9 @@ import psycopg
 import pytest
 
 RAIZ = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(RAIZ, "stack"))
+from cluster import sql_de_zerar  # noqa: E402  (test_docker takes it from here too)
+
 LIMITES = {1: 100000, 2: 80000, 3: 1000000, 4: 10000000, 5: 500000}
 
 
@@ -246,21 +249,6 @@ def stack(topologia):
     with stack_temporaria(workers=2, citus_workers=2 if topologia == "citus" else 0, ha=topologia == "ha") as s:
         assert esperar(s.nos_no_ar, 90), "a node's PostgreSQL did not start"
         yield s
-
-
-def sql_de_zerar(citus=False):
-    """The statements that bring a database back to the five initial clients."""
-    if citus:
-        # A few rows per test: deleting them is much faster on a cluster
-        # than a TRUNCATE, which rewrites every shard on every node.
-        apagar = ["delete from crebito.idempotencia", "delete from crebito.transacao"]
-    else:
-        apagar = ["truncate crebito.idempotencia, crebito.transacao"]
-    # Only the five initial clients: a test may have seeded more.
-    return apagar + [
-        "delete from crebito.cliente where id > 5",
-        "update crebito.cliente set saldo = 0, ultimo_lancamento = 0, assincrono = false",
-    ]
 
 
 def zerar(stack):
